@@ -1,0 +1,219 @@
+"""The one ChatML renderer: conversation in, ``input_ids`` and ``labels`` out.
+
+Training, the web UI, the benchmarks and the tools all render through
+:func:`render`, so a prompt at inference time is token-for-token what the model
+saw in training. The layout is upstream YuRen's, so its checkpoints stay usable::
+
+    <|im_start|>system\\n{system}<|im_end|>
+    \\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n{assistant}<|im_end|></s>
+    \\n<|im_start|>user\\n...
+
+Only assistant text, its ``<|im_end|>`` and the eos carry labels. Special tokens
+are inserted as ids, never parsed out of text: a user who types ``<|im_end|>``
+gets the ordinary pieces of that string, which is what makes ChatML resistant to
+prompt injection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from .vocab import SpecialIds, special_ids
+
+SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
+# ShareGPT spells roles in "from"; upstream's data uses both "human" and "user".
+_ROLE_ALIASES = {
+    "system": SYSTEM,
+    "human": USER,
+    "user": USER,
+    "gpt": ASSISTANT,
+    "assistant": ASSISTANT,
+}
+
+
+class ConversationError(ValueError):
+    """A conversation that cannot be rendered; the message says which turn and why."""
+
+
+class ImageBlockTruncated(ConversationError):
+    """Truncating to the length limit would cut through an image block."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """Marks where an image goes inside a message."""
+
+
+IMAGE = Image()
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn: a role and its content, text pieces interleaved with images."""
+
+    role: str
+    parts: tuple[str | Image, ...]
+
+    @property
+    def num_images(self) -> int:
+        return sum(isinstance(p, Image) for p in self.parts)
+
+    @property
+    def text(self) -> str:
+        return "".join(p for p in self.parts if isinstance(p, str))
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered conversation; ``labels`` is ``input_ids`` with unsupervised positions at -100."""
+
+    input_ids: list[int]
+    labels: list[int]
+    num_images: int
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def split_image_placeholders(text: str) -> tuple[str | Image, ...]:
+    """Split a LLaVA-style string on ``<image>`` into text pieces and image markers."""
+    pieces = re.split(f"({re.escape(IMAGE_PLACEHOLDER)})", text)
+    return tuple(IMAGE if p == IMAGE_PLACEHOLDER else p for p in pieces if p)
+
+
+def to_messages(conversation: Iterable[Mapping]) -> list[Message]:
+    """Normalise ShareGPT turns (``from``/``value``) or role/content messages into :class:`Message`.
+
+    ShareGPT string values may mark images with ``<image>``. Role/content messages
+    carry images structurally (``{"type": "image"}`` parts); their text is never
+    scanned for placeholders, so what a user types stays text.
+    """
+    messages = []
+    for i, turn in enumerate(conversation):
+        if not isinstance(turn, Mapping):
+            raise ConversationError(f"turn {i}: expected an object, got {type(turn).__name__}")
+        if "from" in turn:
+            role_name, content, field = turn["from"], turn.get("value"), "value"
+            if not isinstance(content, str):
+                raise ConversationError(f"turn {i}: field 'value' must be a string, got {_kind(content)}")
+            parts = split_image_placeholders(content)
+        elif "role" in turn:
+            role_name, content, field = turn["role"], turn.get("content"), "content"
+            parts = _content_parts(content, i)
+        else:
+            raise ConversationError(f"turn {i}: missing field 'from' (ShareGPT) or 'role' (role/content messages)")
+        role = _ROLE_ALIASES.get(role_name) if isinstance(role_name, str) else None
+        if role is None:
+            known = ", ".join(sorted(_ROLE_ALIASES))
+            raise ConversationError(f"turn {i}: unknown role {role_name!r} (known: {known})")
+        if role != USER and any(isinstance(p, Image) for p in parts):
+            raise ConversationError(f"turn {i}: images are only supported in user turns, found one in {field!r}")
+        messages.append(Message(role, parts))
+    return messages
+
+
+def _content_parts(content, index: int) -> tuple[str | Image, ...]:
+    if isinstance(content, str):
+        return (content,)
+    if not isinstance(content, Sequence):
+        raise ConversationError(
+            f"turn {index}: field 'content' must be a string or a list of parts, got {_kind(content)}"
+        )
+    parts: list[str | Image] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        elif kind == "image":
+            parts.append(IMAGE)
+        else:
+            raise ConversationError(
+                f"turn {index}: content part {part!r} is neither {{'type': 'text', 'text': str}} nor {{'type': 'image'}}"
+            )
+    return tuple(parts)
+
+
+def _kind(value) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def render(
+    tokenizer,
+    conversation: Iterable[Mapping] | Sequence[Message],
+    *,
+    image_seq_len: int | None = None,
+    add_generation_prompt: bool = False,
+    max_length: int | None = None,
+) -> Rendered:
+    """Render a conversation to token ids and labels.
+
+    ``image_seq_len`` is the number of patch tokens per image (the model config's
+    ``image_seq_len``); each image becomes ``<|img_start|>`` + that many
+    ``<|img_patch|>`` + ``<|img_end|>``. With ``add_generation_prompt`` the
+    conversation must end with a user turn and the ids end with
+    ``<|im_start|>assistant\\n``, ready for the model to answer. ``max_length``
+    truncates ids and labels together; cutting through an image block raises
+    :class:`ImageBlockTruncated` instead, since half an image cannot be spliced.
+    """
+    conversation = list(conversation)
+    messages = conversation if all(isinstance(m, Message) for m in conversation) else to_messages(conversation)
+    if add_generation_prompt and (not messages or messages[-1].role != USER):
+        raise ConversationError("a generation prompt needs the conversation to end with a user turn")
+    ids = special_ids(tokenizer)
+
+    # Collect text pieces first and tokenize them in one batch call.
+    segments: list[tuple[str, object, bool]] = []  # (kind, payload, supervised)
+    for message in messages:
+        if message.role == SYSTEM:
+            segments += [
+                ("id", ids.im_start, False),
+                ("text", f"system\n{message.text}", False),
+                ("id", ids.im_end, False),
+            ]
+        elif message.role == USER:
+            segments += [("text", "\n", False), ("id", ids.im_start, False), ("text", "user\n", False)]
+            for part in message.parts:
+                segments.append(("image", None, False) if isinstance(part, Image) else ("text", part, False))
+            segments += [
+                ("id", ids.im_end, False),
+                ("text", "\n", False),
+                ("id", ids.im_start, False),
+                ("text", "assistant\n", False),
+            ]
+        else:
+            segments += [("text", message.text, True), ("id", ids.im_end, True), ("id", ids.eos, True)]
+
+    texts = [payload for kind, payload, _ in segments if kind == "text" and payload]
+    encoded = iter(tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else [])
+    input_ids: list[int] = []
+    labels: list[int] = []
+    num_images = 0
+    for kind, payload, supervised in segments:
+        if kind == "text":
+            piece = next(encoded) if payload else []
+        elif kind == "id":
+            piece = [payload]
+        else:
+            if image_seq_len is None:
+                raise ConversationError("the conversation has an image but no image_seq_len was given")
+            piece = image_block(ids, image_seq_len)
+            num_images += 1
+        input_ids += piece
+        labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+
+    if max_length is not None and len(input_ids) > max_length:
+        if num_images and max(i for i, t in enumerate(input_ids) if t in (ids.img_start, ids.img_end)) >= max_length:
+            raise ImageBlockTruncated(
+                f"the conversation is {len(input_ids)} tokens and an image block ends past max_length={max_length}"
+            )
+        input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return Rendered(input_ids=input_ids, labels=labels, num_images=num_images)
+
+
+def image_block(ids: SpecialIds, image_seq_len: int) -> list[int]:
+    """The token ids standing for one image: start, ``image_seq_len`` patches, end."""
+    return [ids.img_start, *[ids.img_patch] * image_seq_len, ids.img_end]

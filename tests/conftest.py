@@ -1,0 +1,55 @@
+"""Shared fixtures: the tiny offline models every test builds on, made once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_DATA = REPO / "data" / "sft_sample.json"
+# Upstream's 300-conversation sample; present on developer and CI machines, never committed.
+UPSTREAM_SAMPLE = REPO.parent / "shared" / "data" / "sft.dev.json"
+
+
+def load_sharegpt(path: Path) -> list[dict]:
+    """Records of a ShareGPT JSON list, without the ``__comment__`` record."""
+    return [r for r in json.loads(path.read_text(encoding="utf-8")) if "__comment__" not in r]
+
+
+@pytest.fixture(scope="session")
+def project_conversations() -> list[dict]:
+    return load_sharegpt(PROJECT_DATA)
+
+
+@pytest.fixture(scope="session")
+def upstream_conversations() -> list[dict]:
+    if not UPSTREAM_SAMPLE.is_file():
+        pytest.skip(f"upstream sample not present at {UPSTREAM_SAMPLE}")
+    return load_sharegpt(UPSTREAM_SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """``make-tiny-model`` output: ``base/`` (tiny LLaMA) and ``clip/`` (tiny open_clip ViT)."""
+    from make_tiny_model.__main__ import main
+
+    out = tmp_path_factory.mktemp("tiny")
+    main(["--output", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_base(tiny_dir, tmp_path_factory) -> Path:
+    """The tiny base after ``prepare-base-model``: extended vocabulary, LLaMA weights."""
+    from prepare_base_model.__main__ import prepare
+
+    return prepare(str(tiny_dir / "base"), tmp_path_factory.mktemp("prepared") / "base")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(prepared_base):
+    from yuren_core.vocab import load_tokenizer
+
+    return load_tokenizer(str(prepared_base))

@@ -1,0 +1,84 @@
+"""Repository-level promises: lint is clean, and the locks agree with what the pyprojects declare."""
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = tomllib.loads((REPO / "pyproject.toml").read_text())
+MEMBERS = [REPO / m for m in ROOT["tool"]["uv"]["workspace"]["members"]]
+WORKSPACE = {canonicalize_name(tomllib.loads((m / "pyproject.toml").read_text())["project"]["name"]) for m in MEMBERS}
+
+
+def ruff(*args):
+    exe = shutil.which("ruff", path=str(Path(sys.executable).parent)) or "ruff"
+    return subprocess.run([exe, *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_ruff_check_is_clean():
+    done = ruff("check", ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format_is_clean():
+    done = ruff("format", "--check", ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def pins(lock: Path) -> dict[str, str]:
+    found = {}
+    for line in lock.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;]+)\s*(?:;\s*(.*))?$", line)
+        if match and (match[3] is None or Requirement(f"x; {match[3]}").marker.evaluate()):
+            found[canonicalize_name(match[1])] = match[2]
+    return found
+
+
+def declared(dev: bool) -> list[Requirement]:
+    if dev:
+        return [Requirement(r) for r in ROOT["dependency-groups"]["dev"]]
+    reqs = []
+    for member in MEMBERS:
+        reqs += [
+            Requirement(r) for r in tomllib.loads((member / "pyproject.toml").read_text())["project"]["dependencies"]
+        ]
+    return [r for r in reqs if canonicalize_name(r.name) not in WORKSPACE]
+
+
+@pytest.mark.parametrize(("lock", "dev"), [("requirements.lock", False), ("requirements-dev.lock", True)])
+def test_rye_locks_satisfy_every_declared_dependency(lock, dev):
+    pinned = pins(REPO / lock)
+    for req in declared(dev):
+        name = canonicalize_name(req.name)
+        assert name in pinned, f"{lock} lacks {req.name}, declared in a pyproject: run `bash .ci/update-locks`"
+        assert req.specifier.contains(pinned[name], prereleases=True), (
+            f"{lock} pins {req.name}=={pinned[name]}, outside the declared {req}: run `bash .ci/update-locks`"
+        )
+    for member in MEMBERS:
+        assert f"-e file:{member.relative_to(REPO)}" in (REPO / lock).read_text()
+
+
+def test_rye_locks_pin_what_uv_lock_pins():
+    uv_lock = tomllib.loads((REPO / "uv.lock").read_text())
+    versions: dict[str, set[str]] = {}
+    for package in uv_lock["package"]:
+        versions.setdefault(canonicalize_name(package["name"]), set()).add(package.get("version"))
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        for name, version in pins(REPO / lock).items():
+            assert version in versions.get(name, set()), f"{lock}: {name}=={version} is not in uv.lock"
+
+
+def test_torch_and_torchvision_are_a_matching_pair():
+    import torch
+    from torchvision.ops import nms
+
+    # A mismatched pair imports but fails on its compiled operators ("operator torchvision::nms does not exist").
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    assert nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]

@@ -1,0 +1,89 @@
+"""``prepare-base-model``: add YuRen's ChatML and image tokens to a LLaMA-layout base model.
+
+Loads the base (a local directory or a hub id), extends the vocabulary (see
+:func:`yuren_core.vocab.extend_vocabulary`) and writes tokenizer + model as
+safetensors. The output appears only once complete: it is written to a
+temporary directory beside it and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from yuren_core.constants import DEFAULT_BASE_MODEL, DEFAULT_BASE_OUTPUT
+from yuren_core.vocab import extend_vocabulary, load_tokenizer
+
+
+class BaseModelNotFound(RuntimeError):
+    """The base model could be loaded neither from disk nor from the hub."""
+
+
+def _load_base(base: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        tokenizer = load_tokenizer(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    except (OSError, ValueError) as error:
+        where = (
+            f"the local directory {base!r} holds no loadable model"
+            if Path(base).exists()
+            else f"{base!r} is not a local directory, and loading it from the Hugging Face hub failed"
+        )
+        raise BaseModelNotFound(
+            f"could not load the base model: {where} ({type(error).__name__}: {str(error).splitlines()[0]}). "
+            "Download the base once on a machine with network access (e.g. `huggingface-cli download "
+            f"{DEFAULT_BASE_MODEL} --local-dir models/baichuan-llama-7b`) and pass `--base models/baichuan-llama-7b`."
+        ) from error
+    return tokenizer, model
+
+
+def prepare(base: str, output: Path, *, overwrite: bool = False) -> Path:
+    """Extend ``base``'s vocabulary and write the result to ``output``; return ``output``."""
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output} already exists and is not empty; pass --overwrite to replace it")
+    steps = 4
+    print(f"[1/{steps}] loading base model {base}", flush=True)
+    tokenizer, model = _load_base(base)
+    print(f"[2/{steps}] extending the vocabulary ({len(tokenizer)} tokens)", flush=True)
+    added = extend_vocabulary(model, tokenizer)
+    rows = model.get_input_embeddings().weight.shape[0]
+    print(f"          added {added} special tokens; embeddings now {rows} rows", flush=True)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        print(f"[3/{steps}] writing to {staging}", flush=True)
+        tokenizer.save_pretrained(staging)
+        model.save_pretrained(staging)
+        print(f"[4/{steps}] moving into place at {output}", flush=True)
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="prepare-base-model", description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base model: local directory or hub id")
+    parser.add_argument("--output", type=Path, default=Path(DEFAULT_BASE_OUTPUT), help="where to write the result")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    args = parser.parse_args(argv)
+    try:
+        prepare(args.base, args.output, overwrite=args.overwrite)
+    except (BaseModelNotFound, FileExistsError) as error:
+        print(f"prepare-base-model: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"done: {args.output}")
+
+
+if __name__ == "__main__":
+    main()
