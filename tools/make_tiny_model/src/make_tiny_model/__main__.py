@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .clip import build_tiny_clip
 from .llm import build_tiny_base, corpus_lines
+from .shapes import vocabulary_lines
 
 # The project's own sample data, for the tokenizer: found beside the sources so the
 # command works from any directory of a checkout.
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"tokenizer corpus not found: {', '.join(missing)} (pass --corpus with ShareGPT JSON files)")
     base = build_tiny_base(
         args.output / "base",
-        corpus_lines(args.corpus),
+        corpus_lines(args.corpus) + vocabulary_lines(),
         vocab_size=args.vocab_size,
         hidden_size=args.hidden_size,
         intermediate_size=args.intermediate_size,

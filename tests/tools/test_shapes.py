@@ -1,0 +1,34 @@
+"""The synthetic shapes data: ground truth that matches the pixels, reproducible by seed."""
+
+import json
+from make_tiny_model.shapes import COLOURS, colour_answer, write_dataset
+from PIL import Image
+
+
+def test_dataset_records_match_their_images(tmp_path):
+    paths = write_dataset(tmp_path, num_images=30, seed=3)
+    captions = json.loads(paths["captions"].read_text())
+    conversations = json.loads(paths["conversations"].read_text())
+    assert len(captions) == 30 and len(conversations) == 90
+    for record in conversations:
+        colours = Image.open(tmp_path / record["image"]).convert("RGB").getcolors(maxcolors=4096)
+        # The most common non-grey colour (grey: the background) is the shape's colour.
+        shape_colour = max((c for c in colours if len(set(c[1])) > 1), key=lambda c: c[0])[1]
+        assert shape_colour == COLOURS[record["truth"]["colour"]][0]
+        assert record["conversations"][0]["value"].startswith("<image>\n")
+    colour_qs = [r for r in conversations if "-colour-" in r["id"]]
+    assert len(colour_qs) == 60
+    for record in colour_qs:
+        lang = record["id"].rsplit("-", 1)[1]
+        assert record["conversations"][1]["value"] == colour_answer(record["truth"]["colour"], lang)
+    assert len({r["truth"]["colour"] for r in captions}) == len(COLOURS)
+
+
+def test_seed_reproduces_and_another_seed_differs(tmp_path):
+    a = write_dataset(tmp_path / "a", num_images=5, seed=1)
+    b = write_dataset(tmp_path / "b", num_images=5, seed=1)
+    c = write_dataset(tmp_path / "c", num_images=5, seed=2)
+    assert a["conversations"].read_text() == b["conversations"].read_text()
+    image = "images/shape-1-00000.png"
+    assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()
+    assert a["conversations"].read_text() != c["conversations"].read_text()

@@ -1,0 +1,162 @@
+"""Synthetic images with ground truth: one coloured shape on a plain background.
+
+The point is a dataset where the right answer is only in the image. A model that
+names the colour of held-out shapes far above chance (1 in ``len(COLOURS)``),
+and falls to chance when its image features are zeroed, demonstrably sees.
+
+Records are in LLaVA's format (``id``, ``image`` relative to the image folder,
+``conversations``) plus a ``truth`` field with the colour and shape, so
+evaluation needs no parsing of the answer text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+# name -> (RGB, Chinese name). Far apart in RGB so the colour is unambiguous at any size.
+COLOURS = {
+    "red": ((220, 30, 30), "红色"),
+    "green": ((30, 170, 60), "绿色"),
+    "blue": ((30, 70, 220), "蓝色"),
+    "yellow": ((240, 210, 20), "黄色"),
+    "purple": ((140, 40, 180), "紫色"),
+    "orange": ((245, 130, 20), "橙色"),
+}
+SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
+
+COLOUR_QUESTIONS = {"zh": "图中的形状是什么颜色？", "en": "What colour is the shape in the picture?"}
+SHAPE_QUESTIONS = {"zh": "图中是什么形状？", "en": "What shape is in the picture?"}
+CAPTION_PROMPTS = {"zh": "用一句话描述这张图片。", "en": "Describe the image in one sentence."}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated image and its ground truth."""
+
+    image: Image.Image
+    colour: str
+    shape: str
+
+
+def draw_sample(rng: random.Random, size: int = 64) -> Sample:
+    """Draw one shape of random colour, kind, size and position on a light background."""
+    colour, shape = rng.choice(sorted(COLOURS)), rng.choice(sorted(SHAPES))
+    grey = rng.randint(225, 255)
+    image = Image.new("RGB", (size, size), (grey, grey, grey))
+    draw = ImageDraw.Draw(image)
+    radius = rng.uniform(0.22, 0.4) * size
+    cx, cy = (rng.uniform(radius, size - radius) for _ in range(2))
+    fill = COLOURS[colour][0]
+    if shape == "circle":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
+    else:
+        corners = 4 if shape == "square" else 3
+        turn = rng.uniform(0, 2 * math.pi)
+        points = [
+            (
+                cx + radius * math.cos(turn + 2 * math.pi * k / corners),
+                cy + radius * math.sin(turn + 2 * math.pi * k / corners),
+            )
+            for k in range(corners)
+        ]
+        draw.polygon(points, fill=fill)
+    return Sample(image, colour, shape)
+
+
+def caption(sample: Sample, lang: str) -> str:
+    """The stage-2 caption of a sample."""
+    if lang == "zh":
+        return f"一个{COLOURS[sample.colour][1]}的{SHAPES[sample.shape]}。"
+    return f"A {sample.colour} {sample.shape} on a plain background."
+
+
+def colour_answer(colour: str, lang: str) -> str:
+    """The expected answer to the colour question."""
+    return COLOURS[colour][1] if lang == "zh" else colour
+
+
+def shape_answer(shape: str, lang: str) -> str:
+    """The expected answer to the shape question."""
+    return SHAPES[shape] if lang == "zh" else shape
+
+
+def write_dataset(out_dir: Path, *, num_images: int, seed: int, image_size: int = 64) -> dict[str, Path]:
+    """Write ``images/``, ``captions.json`` (stage 2) and ``conversations.json`` (stage 3) to ``out_dir``.
+
+    Each image gets a caption in a random language and three conversations: the
+    colour question in Chinese and in English, and the shape question in one.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    captions, conversations = [], []
+    for i in range(num_images):
+        sample = draw_sample(rng, image_size)
+        name = f"images/shape-{seed}-{i:05d}.png"
+        sample.image.save(out_dir / name)
+        truth = {"colour": sample.colour, "shape": sample.shape}
+        lang = rng.choice(("zh", "en"))
+        captions.append(
+            {
+                "id": f"caption-{seed}-{i}",
+                "image": name,
+                "truth": truth,
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{CAPTION_PROMPTS[lang]}"},
+                    {"from": "gpt", "value": caption(sample, lang)},
+                ],
+            }
+        )
+        # The colour question in both languages (it is what evaluation asks), the shape in one.
+        questions = [
+            (COLOUR_QUESTIONS, colour_answer(sample.colour, "zh"), "zh"),
+            (COLOUR_QUESTIONS, colour_answer(sample.colour, "en"), "en"),
+        ]
+        lang = rng.choice(("zh", "en"))
+        questions.append((SHAPE_QUESTIONS, shape_answer(sample.shape, lang), lang))
+        for kind, (asked, answer, lang) in zip(("colour", "colour", "shape"), questions, strict=True):
+            conversations.append(
+                {
+                    "id": f"qa-{seed}-{i}-{kind}-{lang}",
+                    "image": name,
+                    "truth": truth,
+                    "conversations": [
+                        {"from": "human", "value": f"<image>\n{asked[lang]}"},
+                        {"from": "gpt", "value": answer},
+                    ],
+                }
+            )
+    paths = {"captions": out_dir / "captions.json", "conversations": out_dir / "conversations.json"}
+    for key, records in (("captions", captions), ("conversations", conversations)):
+        paths[key].write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    return paths
+
+
+def vocabulary_lines() -> list[str]:
+    """Every caption, question and answer string, for training a tokenizer that covers them."""
+    lines = [*COLOUR_QUESTIONS.values(), *SHAPE_QUESTIONS.values(), *CAPTION_PROMPTS.values()]
+    for colour in COLOURS:
+        for shape in SHAPES:
+            sample = Sample(None, colour, shape)
+            lines += [caption(sample, "zh"), caption(sample, "en")]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``make-shapes-data --output DIR [--num-images N] [--seed S]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="make-shapes-data", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--num-images", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0, help="use another seed for held-out evaluation data")
+    parser.add_argument("--image-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    paths = write_dataset(args.output, num_images=args.num_images, seed=args.seed, image_size=args.image_size)
+    print("\n".join(f"{key}: {path}" for key, path in paths.items()))
