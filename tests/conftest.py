@@ -53,3 +53,24 @@ def tokenizer(prepared_base):
     from yuren_core.vocab import load_tokenizer
 
     return load_tokenizer(str(prepared_base))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_id(tiny_dir) -> str:
+    """open_clip identifier of the tiny vision tower (the tests' stand-in for ``DEFAULT_CLIP_MODEL``)."""
+    return f"local-dir:{tiny_dir / 'clip'}"
+
+
+@pytest.fixture(scope="session")
+def fused_model_dir(prepared_base, tiny_clip_id, tmp_path_factory) -> Path:
+    """A saved tiny YuRen checkpoint (model + tokenizer): prepared base + tiny vision tower, random projector."""
+    import torch
+    from yuren_core.loading import build_fused_model
+
+    out = tmp_path_factory.mktemp("fused")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model, tokenizer, _ = build_fused_model(prepared_base, tiny_clip_id)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

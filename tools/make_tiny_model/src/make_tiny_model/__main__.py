@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--vocab-size", type=int, default=2000)
     parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--intermediate-size", type=int, default=172)
+    parser.add_argument("--intermediate-size", type=int, default=192)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=32)

@@ -62,7 +62,7 @@ def build_tiny_base(
     *,
     vocab_size: int = 2000,
     hidden_size: int = 64,
-    intermediate_size: int = 172,
+    intermediate_size: int = 192,
     num_layers: int = 2,
     num_heads: int = 4,
     seed: int = 0,

@@ -1,0 +1,141 @@
+"""Assembling a fused model from its parts, and loading a saved one for training or serving.
+
+:func:`build_fused_model` runs once, at the start of stage 2: it joins a LLaMA
+text model (stage-1 output, or a prepared base) and an open_clip vision tower. After
+that every checkpoint is self-contained and :func:`load_model` reads it, full
+precision or quantized, with no hub access.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+from .modeling import YuRenConfig, YuRenForCausalLM
+from .vision import ImageProcessor, load_open_clip_vision
+from .vocab import load_tokenizer, special_ids
+
+# Kept in full precision when quantizing: the tower and projector are small and
+# quantizing them costs image understanding; the head decides every token.
+UNQUANTIZED_MODULES = ["vision_tower", "mm_projector", "lm_head"]
+# Checkpoint keys a LLaMA base cannot have: the parts build_fused_model adds.
+VISION_PREFIXES = ("vision_tower.", "mm_projector.")
+# Config keys that describe the base's class rather than its architecture.
+BASE_CLASS_KEYS = ("model_type", "architectures", "transformers_version")
+
+
+def build_fused_model(
+    base_path: str | PathLike,
+    clip_id: str,
+    *,
+    vision_feature_layer: int = -2,
+    image_pad_to_square: bool = False,
+    dtype: torch.dtype | str = "auto",
+):
+    """Assemble a new YuRen model from a prepared base and an open_clip vision tower.
+
+    ``base_path`` is ``prepare-base-model`` output (LLaMA weights + a tokenizer
+    that already has YuRen's special tokens); nothing is added to it: its
+    vocabulary, embeddings and generation config are used as they are.
+    ``clip_id`` is an open_clip identifier (``hf-hub:org/repo`` or
+    ``local-dir:/path``); its vision tower weights are copied in and the text
+    tower is dropped. The projector starts random. ``dtype`` defaults to the
+    base's stored dtype. Returns ``(model, tokenizer, image_processor)`` on CPU.
+    """
+    base_path = str(base_path)
+    base_config = AutoConfig.from_pretrained(base_path)
+    if isinstance(base_config, YuRenConfig):
+        raise ValueError(f"{base_path} is already a YuRen model (model_type 'yuren'); load it with load_model")
+    if base_config.model_type != "llama":
+        raise ValueError(
+            f"{base_path}/config.json has model_type {base_config.model_type!r}; the base must be a LLaMA-layout model"
+        )
+    tokenizer = load_tokenizer(base_path)
+    ids = special_ids(tokenizer)
+    if len(tokenizer) > base_config.vocab_size:
+        raise ValueError(
+            f"the tokenizer in {base_path} has {len(tokenizer)} tokens but the model only {base_config.vocab_size} "
+            "embedding rows; run `prepare-base-model` on the base, which grows both together"
+        )
+
+    tower = load_open_clip_vision(clip_id)
+    settings = {k: v for k, v in base_config.to_dict().items() if k not in BASE_CLASS_KEYS}
+    config = YuRenConfig(
+        **settings,
+        open_clip_config=tower.open_clip_config,
+        image_preprocess_config=tower.preprocess_config,
+        image_pad_to_square=image_pad_to_square,
+        vision_feature_layer=vision_feature_layer,
+        img_start_token_id=ids.img_start,
+        img_patch_token_id=ids.img_patch,
+        img_end_token_id=ids.img_end,
+    )
+    model, info = YuRenForCausalLM.from_pretrained(base_path, config=config, dtype=dtype, output_loading_info=True)
+    not_vision = [key for key in info["missing_keys"] if not key.startswith(VISION_PREFIXES)]
+    if not_vision or info["unexpected_keys"]:
+        raise ValueError(
+            f"the weights in {base_path} do not match its LLaMA config: missing {sorted(not_vision)[:5]}, "
+            f"unexpected {sorted(info['unexpected_keys'])[:5]}"
+        )
+    model.vision_tower.load_state_dict(tower.module.state_dict())
+    return model, tokenizer, ImageProcessor.from_config(config)
+
+
+def default_dtype() -> torch.dtype:
+    """bf16 where a GPU is present, fp32 on CPU (whose bf16 matmuls are slow or missing)."""
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def quantization_config(*, load_8bit: bool, load_4bit: bool, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config for an 8-bit or 4-bit load (``None`` for neither)."""
+    if load_8bit and load_4bit:
+        raise ValueError("choose one of load_8bit and load_4bit, not both")
+    if load_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED_MODULES)
+    if load_4bit:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=UNQUANTIZED_MODULES,
+        )
+    return None
+
+
+def load_model(
+    path: str | PathLike,
+    *,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map: str | dict | None = None,
+    dtype: torch.dtype | None = None,
+):
+    """Load a saved YuRen checkpoint; return ``(model, tokenizer, image_processor)``, the model in eval mode.
+
+    ``dtype`` defaults to :func:`default_dtype`, or fp16 with ``load_8bit``
+    (bitsandbytes' int8 matmul computes in fp16 and warns on every call given
+    anything else). With ``load_8bit`` or ``load_4bit`` the language model's
+    linear layers are quantized while the vision tower, projector and output
+    head stay in ``dtype``. ``device_map`` is passed to ``from_pretrained``
+    (e.g. ``"auto"``).
+    """
+    path = str(path)
+    config = AutoConfig.from_pretrained(path)
+    if not isinstance(config, YuRenConfig):
+        raise ValueError(
+            f"{path}/config.json has model_type {config.model_type!r}, not 'yuren': it is not a YuRen checkpoint "
+            "(a prepared base must first be fused with build_fused_model and trained)"
+        )
+    if dtype is None:
+        dtype = torch.float16 if load_8bit else default_dtype()
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        config=config,
+        dtype=dtype,
+        device_map=device_map,
+        quantization_config=quantization_config(load_8bit=load_8bit, load_4bit=load_4bit, dtype=dtype),
+    )
+    model.eval()
+    return model, load_tokenizer(path), ImageProcessor.from_config(model.config)

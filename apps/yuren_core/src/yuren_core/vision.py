@@ -1,0 +1,272 @@
+"""The open_clip vision tower and all image preprocessing.
+
+Two halves:
+
+* the tower: :func:`load_open_clip_vision` reads an open_clip model
+  (``hf-hub:...`` or ``local-dir:...``) once, when a fused model is first
+  assembled; :func:`build_vision_tower` rebuilds the same architecture from the
+  config stored in a YuRen checkpoint, whose weights then come from the
+  checkpoint itself (no hub);
+* the pixels: :class:`ImageProcessor` turns whatever users send (palette PNGs,
+  transparent images, grayscale scans, rotated phone photos) into the tensor the
+  tower expects. Trainer and web UI both build it from the checkpoint
+  (:meth:`ImageProcessor.from_pretrained`), so they preprocess identically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import open_clip
+import torch
+from open_clip.model import _build_vision_tower
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from open_clip.transformer import VisionTransformer
+from PIL import Image, ImageOps
+
+# 8000 x 8000: far above any photo the tower could use (it sees 224 x 224), far below
+# what a decompression bomb expands to. Pillow's own guard only warns below 2x its limit.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+WHITE = (255, 255, 255)
+
+ImageSource = Image.Image | str | PathLike | bytes | BinaryIO
+
+
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than the processor accepts (likely a decompression bomb)."""
+
+
+@dataclass(frozen=True)
+class VisionTower:
+    """A vision tower read from open_clip, with what a YuRen config stores about it."""
+
+    module: VisionTransformer
+    open_clip_config: dict[str, Any]
+    preprocess_config: dict[str, Any]
+
+
+def load_open_clip_vision(identifier: str) -> VisionTower:
+    """Load the vision tower (with weights) of the open_clip model ``identifier``.
+
+    ``identifier`` uses open_clip's schemas: ``hf-hub:org/repo`` (downloads, or
+    reads the hub cache) or ``local-dir:/path`` (a directory holding
+    ``open_clip_config.json`` and the weights). The text tower is discarded.
+    """
+    if not identifier.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(
+            f"unsupported open_clip identifier {identifier!r}: use 'hf-hub:org/repo' or 'local-dir:/path/to/dir'"
+        )
+    model_cfg = open_clip.get_model_config(identifier)
+    clip = open_clip.create_model(identifier, precision="fp32", device="cpu", require_pretrained=True)
+    open_clip_config = {
+        "embed_dim": model_cfg["embed_dim"],
+        "quick_gelu": model_cfg.get("quick_gelu", False),
+        "vision_cfg": dict(model_cfg["vision_cfg"]),
+    }
+    tower = clip.visual
+    _check_supported(tower, identifier)
+    preprocess_config = dict(open_clip.get_model_preprocess_cfg(clip))
+    preprocess_config["size"] = list(tower.image_size)
+    return VisionTower(module=tower, open_clip_config=open_clip_config, preprocess_config=preprocess_config)
+
+
+class PatchFeatureTower(VisionTransformer):
+    """open_clip's ViT, called for the patch-token features of one block instead of the pooled embedding.
+
+    Going through ``__call__`` rather than calling ``forward_intermediates`` from
+    outside matters: module hooks run, and DeepSpeed ZeRO-3 gathers the tower's
+    own parameters (class and position embeddings) in them.
+    """
+
+    def forward(self, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+        """Patch-token features ``[images, patches, width]`` of block ``layer`` (negative counts from the end).
+
+        The CLS token is dropped and no final norm is applied, as in LLaVA.
+        """
+        output = self.forward_intermediates(
+            pixel_values,
+            indices=[layer],
+            stop_early=True,
+            intermediates_only=True,
+            output_fmt="NLC",
+        )
+        return output["image_intermediates"][0]
+
+
+def build_vision_tower(open_clip_config: Mapping[str, Any]) -> PatchFeatureTower:
+    """Build a randomly initialised vision tower from the config :func:`load_open_clip_vision` returned."""
+    tower = _build_vision_tower(
+        open_clip_config["embed_dim"],
+        dict(open_clip_config["vision_cfg"]),
+        quick_gelu=open_clip_config.get("quick_gelu", False),
+    )
+    _check_supported(tower, "the checkpoint's open_clip_config")
+    # open_clip's builder makes a plain VisionTransformer; the subclass only adds a forward, so re-classing the
+    # built module keeps open_clip's construction logic (which this module must not copy) and its state dict.
+    tower.__class__ = PatchFeatureTower
+    return tower
+
+
+def _check_supported(tower: Any, source: str) -> None:
+    if not isinstance(tower, VisionTransformer):
+        raise ValueError(
+            f"{source} describes a {type(tower).__name__} vision tower; YuRen supports open_clip ViTs "
+            "(VisionTransformer) only, whose patch tokens it feeds to the language model"
+        )
+
+
+def num_patches(open_clip_config: Mapping[str, Any]) -> int:
+    """Patch tokens the tower produces per image (the CLS token not counted)."""
+    vision = open_clip_config["vision_cfg"]
+    height, width = _pair(vision["image_size"])
+    patch_h, patch_w = _pair(vision["patch_size"])
+    return (height // patch_h) * (width // patch_w)
+
+
+def vision_width(open_clip_config: Mapping[str, Any]) -> int:
+    """Width of the tower's token features (what the projector maps from)."""
+    return int(open_clip_config["vision_cfg"]["width"])
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    height, width = value
+    return int(height), int(width)
+
+
+def open_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image from a path, bytes or file object (or pass a PIL image through), checking its size first.
+
+    The size is read from the header before any pixel is decoded, so an
+    oversized image is rejected without the memory it would take.
+    """
+    if isinstance(source, Image.Image):
+        check_pixel_limit(source, max_pixels)
+        return source
+    name = str(source) if isinstance(source, (str, PathLike)) else "the uploaded image"
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        image = Image.open(stream)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"{name} is too large to process: {error}") from error
+    check_pixel_limit(image, max_pixels, name=name)
+    image.load()
+    return image
+
+
+def check_pixel_limit(image: Image.Image, max_pixels: int, *, name: str = "the image") -> None:
+    """Raise :class:`ImageTooLargeError` if ``image`` has more than ``max_pixels`` pixels."""
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"{name} is {image.width}x{image.height} = {pixels:,} pixels, more than the limit of {max_pixels:,}; "
+            "downscale it first (or raise max_pixels if you trust the source)"
+        )
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Return ``image`` as 8-bit RGB, compositing any transparency onto ``background``.
+
+    Palette images, grayscale (8- and 16-bit), CMYK and images with an alpha
+    channel or a transparent colour key all come out as plain RGB.
+    """
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if image.mode.startswith("I;16"):
+        # Pillow's RGB conversion clips 16-bit values at 255; scale the full range instead.
+        image = image.point(lambda value: value / 257).convert("L")
+    return image.convert("RGB")
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Pad ``image`` (RGB) with ``fill`` to a centred square, so a center crop later loses nothing."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+class ImageProcessor:
+    """Turn images into the ``pixel_values`` a YuRen model's vision tower takes.
+
+    Steps, in order: size check, EXIF orientation, RGB conversion (alpha onto
+    white), optional padding to a square (with the normalisation mean colour,
+    as LLaVA does), then open_clip's resize / center crop / normalise from the
+    checkpoint's preprocess config.
+    """
+
+    def __init__(
+        self,
+        preprocess_config: Mapping[str, Any],
+        *,
+        pad_to_square: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.config = PreprocessCfg(**dict(preprocess_config))
+        self.pad_to_square = pad_to_square
+        self.max_pixels = max_pixels
+        self.transform = image_transform_v2(self.config, is_train=False)
+        self.fill = tuple(round(channel * 255) for channel in self.config.mean)
+
+    @classmethod
+    def from_config(cls, config: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageProcessor:
+        """Build the processor a :class:`~yuren_core.modeling.YuRenConfig` describes."""
+        return cls(config.image_preprocess_config, pad_to_square=config.image_pad_to_square, max_pixels=max_pixels)
+
+    @classmethod
+    def from_pretrained(cls, path: str | PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageProcessor:
+        """Build the processor of the YuRen checkpoint directory ``path`` (reads its ``config.json``)."""
+        config_file = Path(path) / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: {path} is not a saved YuRen checkpoint directory")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if "image_preprocess_config" not in config:
+            raise ValueError(
+                f"{config_file} has no image_preprocess_config: it is not a YuRen (image + text) checkpoint "
+                f"(model_type {config.get('model_type')!r})"
+            )
+        return cls(
+            config["image_preprocess_config"],
+            pad_to_square=config.get("image_pad_to_square", False),
+            max_pixels=max_pixels,
+        )
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the tensors this processor produces."""
+        return _pair(self.config.size)
+
+    def prepare(self, image: ImageSource) -> Image.Image:
+        """Everything before open_clip's transform: size check, EXIF orientation, RGB, optional square pad."""
+        image = open_image(image, max_pixels=self.max_pixels)
+        image = ImageOps.exif_transpose(image)
+        image = to_rgb(image)
+        if self.pad_to_square:
+            image = expand_to_square(image, self.fill)
+        return image
+
+    def preprocess(self, image: ImageSource) -> torch.Tensor:
+        """One image -> float tensor ``[3, height, width]``."""
+        return self.transform(self.prepare(image))
+
+    def __call__(self, images: ImageSource | Sequence[ImageSource]) -> torch.Tensor:
+        """One image or a list -> ``pixel_values`` ``[images, 3, height, width]`` (float32)."""
+        if isinstance(images, (Image.Image, str, PathLike, bytes)) or hasattr(images, "read"):
+            images = [images]
+        if not images:
+            height, width = self.image_size
+            return torch.empty(0, 3, height, width)
+        return torch.stack([self.preprocess(image) for image in images])
