@@ -1,0 +1,150 @@
+"""``webui [MODEL]``: chat with a YuRen model (or, with no MODEL, the built-in demo model) in the browser.
+
+Examples::
+
+    webui                                   # the small demo model, built on first use
+    webui dist/yuren-7b-stage3 --load_8bit True
+    webui pleisto/yuren-baichuan-7b --server_name 0.0.0.0 --auth alice:secret
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .labels import LANGUAGES
+
+
+def str2bool(value: str) -> bool:
+    """Parse a command-line boolean: True/False, yes/no, 1/0, on/off (any case)."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def auth_pair(value: str) -> tuple[str, str]:
+    from .server import parse_auth
+
+    try:
+        return parse_auth(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def default_cache_dir() -> Path:
+    """Where the demo model is kept: ``$XDG_CACHE_HOME/yuren/demo`` (``~/.cache/yuren/demo``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "yuren" / "demo"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webui", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a YuRen checkpoint: local directory or Hugging Face hub id (default: the built-in demo model)",
+    )
+    parser.add_argument(
+        "--load_8bit",
+        type=str2bool,
+        default=False,
+        metavar="True|False",
+        help="quantize the language model to 8 bits with bitsandbytes",
+    )
+    parser.add_argument(
+        "--load_4bit",
+        type=str2bool,
+        default=False,
+        metavar="True|False",
+        help="quantize the language model to 4 bits (NF4) with bitsandbytes",
+    )
+    parser.add_argument(
+        "--server_name", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--server_port", type=int, default=None, help="port (default: the first free one from 7860)")
+    parser.add_argument(
+        "--share",
+        type=str2bool,
+        default=False,
+        metavar="True|False",
+        help="also publish a temporary public gradio.live link (needs --auth)",
+    )
+    parser.add_argument(
+        "--auth", type=auth_pair, default=None, metavar="USER:PASS", help="require this user name and password"
+    )
+    parser.add_argument(
+        "--allow-unauthenticated-public",
+        "--allow_unauthenticated_public",
+        action="store_true",
+        dest="allow_unauthenticated_public",
+        help="serve on a non-loopback address or share link without --auth (anyone can use it)",
+    )
+    parser.add_argument("--lang", choices=LANGUAGES, default="zh", help="UI language (default zh)")
+    parser.add_argument(
+        "--demo_cache_dir",
+        type=Path,
+        default=None,
+        help="where the demo model is built and cached (default ~/.cache/yuren/demo)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("webui").setLevel(logging.INFO)
+    if args.load_8bit and args.load_4bit:
+        build_parser().error("choose one of --load_8bit True and --load_4bit True, not both")
+
+    from .app import Limits, build_app
+    from .engine import ModelBackend
+    from .server import ExposureRefused, check_exposure, serve
+
+    try:
+        # Before the (slow) model load: refusing to start should be immediate.
+        check_exposure(
+            args.server_name,
+            share=args.share,
+            auth=args.auth,
+            allow_unauthenticated_public=args.allow_unauthenticated_public,
+        )
+    except ExposureRefused as error:
+        print(f"webui: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    demo = args.model is None
+    if demo:
+        from .demo import ensure_demo_model
+
+        model_path = ensure_demo_model(args.demo_cache_dir or default_cache_dir())
+    else:
+        model_path = args.model
+    backend = ModelBackend.from_pretrained(model_path, load_8bit=args.load_8bit, load_4bit=args.load_4bit)
+    limits = Limits()
+    local = Path(model_path)
+    # A local directory is named, not located: the page need not reveal the server's file layout.
+    name = "demo" if demo else local.name if local.exists() else str(args.model)
+    app = build_app(backend, lang=args.lang, limits=limits, model_name=name, demo=demo)
+    serve(
+        app,
+        limits=limits,
+        server_name=args.server_name,
+        server_port=args.server_port,
+        share=args.share,
+        auth=args.auth,
+        allow_unauthenticated_public=args.allow_unauthenticated_public,
+        blocked_paths=[local] if local.exists() else [],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""What the chat UI needs from a model, as a small interface.
+
+The UI (:mod:`webui.app`) only talks to a :class:`ChatBackend`, so it can be
+driven by the real model (:class:`webui.engine.ModelBackend`) or by a fake in
+tests. Messages are role/content dicts as :func:`yuren_core.chatml.render`
+takes them; images travel separately, in reading order, as whatever the
+backend's :meth:`ChatBackend.prepare_image` returned for them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+# Slider ranges; GenerationParams enforces them for API callers, who skip the sliders.
+TEMPERATURE_RANGE = (0.0, 2.0)
+TOP_P_RANGE = (0.01, 1.0)
+REPETITION_PENALTY_RANGE = (1.0, 2.0)
+MAX_NEW_TOKENS_RANGE = (1, 2048)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling controls for one answer. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_new_tokens": MAX_NEW_TOKENS_RANGE,
+            "temperature": TEMPERATURE_RANGE,
+            "top_p": TOP_P_RANGE,
+            "repetition_penalty": REPETITION_PENALTY_RANGE,
+        }
+        for name, (low, high) in checks.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        if int(self.max_new_tokens) != self.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be a whole number, got {self.max_new_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class PromptTooLong(ValueError):
+    """The newest user turn (with the system prompt and room for the answer) exceeds the context."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context_length: int):
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.context_length = context_length
+        super().__init__(
+            f"the system prompt and the new message take {prompt_tokens} tokens; with {max_new_tokens} tokens "
+            f"reserved for the answer that exceeds the model's context of {context_length} tokens"
+        )
+
+
+class ImagesNotSupported(ValueError):
+    """The loaded model reads text only."""
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """A chat model the UI can stream answers from."""
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the model attends to: prompt plus answer."""
+        ...
+
+    @property
+    def supports_images(self) -> bool:
+        """Whether :meth:`prepare_image` accepts images."""
+        ...
+
+    def prepare_image(self, image: Image.Image) -> Any:
+        """Turn a checked, decoded image into what :meth:`stream` takes (raises :class:`ImagesNotSupported`)."""
+        ...
+
+    def stream(
+        self,
+        messages: Sequence[Mapping],
+        images: Sequence[Any],
+        params: GenerationParams,
+        stop_event: threading.Event,
+    ) -> Iterator[str]:
+        """Yield the assistant's answer to ``messages`` piece by piece.
+
+        ``messages`` ends with a user turn. When the conversation does not fit
+        the context, the oldest turns are left out; when the newest turn alone
+        does not fit, :class:`PromptTooLong` is raised before anything is
+        yielded. Setting ``stop_event`` ends the generation early.
+        """
+        ...

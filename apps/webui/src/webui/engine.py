@@ -1,0 +1,214 @@
+"""The real chat backend: a YuRen model generating in a thread, streamed as text.
+
+Prompts are rendered only by :func:`yuren_core.chatml.render` in
+generation-prompt mode, so the model sees history exactly as training rendered
+it. ``model.generate`` runs in a worker thread feeding a
+:class:`~transformers.TextIteratorStreamer`; a stopping criterion bound to the
+request's stop event is what actually ends that thread early (closing the
+streamer alone would leave ``generate`` running to ``max_new_tokens``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from yuren_core.chatml import render
+from yuren_core.vocab import special_ids
+
+from .backend import GenerationParams, ImagesNotSupported, PromptTooLong
+
+logger = logging.getLogger(__name__)
+
+
+class StopOnEvent(StoppingCriteria):
+    """Stop every sequence in the batch once ``event`` is set (checked after each new token)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered prompt that fits the context, and what was left out to make it fit."""
+
+    input_ids: list[int]
+    images: list[Any]
+    dropped_turns: int
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an accelerator or host allocation failure (the request failed, the server is fine)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+class ModelBackend:
+    """Serve a loaded model (``model``, ``tokenizer``, ``image_processor``) as a :class:`~webui.backend.ChatBackend`.
+
+    ``image_processor`` is ``None`` for a text-only model. ``context_length``
+    defaults to the model's ``max_position_embeddings``. Generations run one at
+    a time: a second request waits for the first to finish.
+    """
+
+    def __init__(self, model, tokenizer, image_processor=None, *, context_length: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_seq_len = getattr(model.config, "image_seq_len", None)
+        self._context_length = context_length or model.config.max_position_embeddings
+        ids = special_ids(tokenizer)
+        # The assistant's turn ends at <|im_end|>; the eos after it is only there in training data.
+        self.eos_token_id = [ids.im_end, ids.eos]
+        self.pad_token_id = ids.pad
+        self._generate_lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | PathLike,
+        *,
+        load_8bit: bool = False,
+        load_4bit: bool = False,
+        device_map: str | dict | None = None,
+    ) -> ModelBackend:
+        """Load a YuRen checkpoint (directory or hub id) with :func:`yuren_core.loading.load_model`."""
+        from yuren_core.loading import load_model
+
+        if device_map is None and torch.cuda.is_available():
+            device_map = "auto"
+        model, tokenizer, image_processor = load_model(
+            path, load_8bit=load_8bit, load_4bit=load_4bit, device_map=device_map
+        )
+        return cls(model, tokenizer, image_processor)
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    @property
+    def supports_images(self) -> bool:
+        return self.image_processor is not None and self.image_seq_len is not None
+
+    def prepare_image(self, image: Image.Image) -> torch.Tensor:
+        """Preprocess one image to ``[3, H, W]`` pixel values, once, when it is uploaded."""
+        if not self.supports_images:
+            raise ImagesNotSupported("the loaded model reads text only")
+        return self.image_processor.preprocess(image)
+
+    def build_prompt(self, messages: Sequence[Mapping], images: Sequence[Any], max_new_tokens: int) -> Prompt:
+        """Render ``messages`` leaving room for ``max_new_tokens``, dropping the oldest turns if needed.
+
+        A leading system message is always kept; turns are dropped from the
+        front a whole user turn (with its images and the answer to it) at a
+        time. Raises :class:`~webui.backend.PromptTooLong` when even the system
+        prompt plus the last user turn does not fit.
+        """
+        messages = list(messages)
+        system = messages[:1] if messages and messages[0].get("role") == "system" else []
+        turns = messages[len(system) :]
+        starts = [i for i, message in enumerate(turns) if message.get("role") == "user"]
+        if not starts:
+            raise ValueError("the conversation has no user turn to answer")
+        budget = self.context_length - max_new_tokens
+
+        def from_turn(first: int):
+            return render(
+                self.tokenizer,
+                system + turns[starts[first] :],
+                image_seq_len=self.image_seq_len,
+                add_generation_prompt=True,
+            )
+
+        # Usually everything fits: one render. Otherwise find the fewest turns to drop by
+        # bisection (dropping more turns never makes the prompt longer).
+        fitted, dropped = from_turn(0), 0
+        if fitted.num_images != len(images):
+            raise ValueError(f"the messages place {fitted.num_images} images but {len(images)} were given")
+        if len(fitted.input_ids) > budget:
+            dropped = len(starts) - 1
+            fitted = from_turn(dropped)
+            if len(fitted.input_ids) > budget:
+                raise PromptTooLong(len(fitted.input_ids), max_new_tokens, self.context_length)
+            low = 1  # invariant: from_turn(low - 1) is too long, fitted = from_turn(dropped) fits
+            while low < dropped:
+                middle = (low + dropped) // 2
+                candidate = from_turn(middle)
+                if len(candidate.input_ids) > budget:
+                    low = middle + 1
+                else:
+                    fitted, dropped = candidate, middle
+            logger.info("left out the %d oldest turns to fit the %d-token context", dropped, self.context_length)
+        kept_images = list(images[len(images) - fitted.num_images :]) if fitted.num_images else []
+        return Prompt(input_ids=fitted.input_ids, images=kept_images, dropped_turns=dropped)
+
+    def generation_kwargs(self, params: GenerationParams) -> dict[str, Any]:
+        """Arguments for ``model.generate`` carrying ``params`` (sampling, or greedy at temperature 0)."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": int(params.max_new_tokens),
+            "repetition_penalty": float(params.repetition_penalty),
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+        if params.greedy:
+            kwargs["do_sample"] = False
+        else:
+            # top_k off, so top_p alone decides the candidate set.
+            kwargs.update(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p), top_k=0)
+        return kwargs
+
+    def stream(
+        self,
+        messages: Sequence[Mapping],
+        images: Sequence[Any],
+        params: GenerationParams,
+        stop_event: threading.Event,
+    ) -> Iterator[str]:
+        """Yield the answer to ``messages`` as it is generated; see :meth:`webui.backend.ChatBackend.stream`."""
+        prompt = self.build_prompt(messages, images, params.max_new_tokens)
+        device = self.model.device
+        input_ids = torch.tensor([prompt.input_ids], device=device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([StopOnEvent(stop_event)]),
+            **self.generation_kwargs(params),
+        }
+        if prompt.images:
+            kwargs["pixel_values"] = torch.stack(prompt.images).to(device)
+        failure: list[BaseException] = []
+        worker = threading.Thread(target=self._generate, args=(kwargs, streamer, failure), name="yuren-generate")
+        worker.start()
+        try:
+            yield from streamer
+        finally:
+            # Also reached when the consumer gives up early (a closed generator): end the thread either way.
+            stop_event.set()
+            worker.join()
+        if failure:
+            raise failure[0]
+
+    def _generate(self, kwargs: dict[str, Any], streamer: TextIteratorStreamer, failure: list) -> None:
+        with self._generate_lock:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except BaseException as error:  # handed to the consumer, which re-raises it
+                failure.append(error)
+                if is_out_of_memory(error) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                # generate did not reach streamer.end(); without it the consumer would wait forever.
+                streamer.end()

@@ -1,0 +1,166 @@
+"""Every string the UI shows, in Chinese (the default, as upstream) and English.
+
+Messages with ``{fields}`` are filled in with :meth:`str.format` where they are shown.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+LANGUAGES = ("zh", "en")
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The UI text of one language."""
+
+    title: str
+    intro: str
+    demo_banner: str
+    model_line: str
+    chatbot: str
+    placeholder: str
+    stop: str
+    retry: str
+    delete_last: str
+    new_conversation: str
+    system_prompt: str
+    settings: str
+    temperature: str
+    temperature_info: str
+    top_p: str
+    top_p_info: str
+    max_new_tokens: str
+    repetition_penalty: str
+    system_prompt_template: str
+    # Errors and notices.
+    error_title: str
+    empty_message: str
+    text_too_long: str
+    system_too_long: str
+    too_many_images_message: str
+    too_many_images_conversation: str
+    images_not_supported: str
+    image_too_large: str
+    image_far_too_large: str
+    image_unreadable: str
+    image_format: str
+    prompt_too_long: str
+    out_of_memory: str
+    generation_failed: str
+    nothing_to_retry: str
+    invalid_settings: str
+
+    def default_system_prompt(self, today: datetime.date | None = None) -> str:
+        """The default system prompt, dated ``today`` (the current date if not given)."""
+        return self.system_prompt_template.format(date=(today or datetime.date.today()).isoformat())
+
+
+ZH = Labels(
+    title="羽人 YuRen",
+    intro="能看图的多模态对话模型。输入文字，或附上图片后提问；Shift+Enter 换行。",
+    demo_banner=(
+        "⚠️ **这是内置的小型演示模型**：参数极少，只用本项目自带的少量数据训练过，"
+        "用来演示界面和流程，回答没有实际意义。要使用真正的模型，请运行 `webui 模型目录或 Hub ID`。"
+    ),
+    model_line="当前模型：`{name}`",
+    chatbot="对话",
+    placeholder="输入消息，可附图片……",
+    stop="停止",
+    retry="重新生成",
+    delete_last="删除上一轮",
+    new_conversation="新对话",
+    system_prompt="系统提示词（System Prompt）",
+    settings="生成参数",
+    temperature="温度（Temperature）",
+    temperature_info="0 表示贪心解码（每次结果相同）",
+    top_p="Top-p",
+    top_p_info="只从累计概率达到 p 的候选词中采样",
+    max_new_tokens="最大生成长度（token）",
+    repetition_penalty="重复惩罚",
+    system_prompt_template=(
+        "你是羽人（YuRen），一个能看懂图片的多模态人工智能助手。请认真理解用户的问题和图片，"
+        "给出准确、有条理、有帮助的回答；不确定时如实说明，不要编造。需要时使用 Markdown 排版，"
+        "代码放在代码块中。拒绝违法、有害的请求。当前日期：{date}。"
+    ),
+    error_title="出错了",
+    empty_message="请输入消息或附上图片。",
+    text_too_long="消息太长：{length} 个字符，上限是 {limit} 个。",
+    system_too_long="系统提示词太长：{length} 个字符，上限是 {limit} 个。",
+    too_many_images_message="一条消息最多附 {limit} 张图片。",
+    too_many_images_conversation="这次对话的图片已达上限（{limit} 张），请开始新对话。",
+    images_not_supported="当前模型只支持文字，不能读取图片。",
+    image_too_large="图片 {name} 太大：{width}×{height} 像素，上限是 {limit:,} 像素。请缩小后再上传。",
+    image_far_too_large="图片 {name} 太大，远超 {limit:,} 像素的上限。请缩小后再上传。",
+    image_unreadable="无法读取图片 {name}：文件已损坏或不完整。",
+    image_format="不支持图片 {name} 的格式（{format}），请上传 {accepted} 格式的图片。",
+    prompt_too_long=(
+        "这条消息太长：加上系统提示词共 {prompt_tokens} 个 token，再为回答预留 {max_new_tokens} 个，"
+        "超出了模型 {context_length} 个 token 的上下文。请缩短消息、减少图片或调低最大生成长度。"
+    ),
+    out_of_memory="显存/内存不足，这次生成失败。请缩短对话、减少图片或调低最大生成长度后重试。",
+    generation_failed="生成失败（{error}），请重试。",
+    nothing_to_retry="还没有可以重新生成的回答。",
+    invalid_settings="生成参数无效：{detail}",
+)
+
+EN = Labels(
+    title="YuRen 羽人",
+    intro="A multimodal chat model that reads images. Type a message, or attach images and ask about them; Shift+Enter for a new line.",
+    demo_banner=(
+        "⚠️ **This is the small built-in demo model**: a tiny network trained only on this project's small "
+        "sample data, there to demonstrate the interface and the pipeline; its answers mean nothing. "
+        "To chat with a real model run `webui MODEL_DIR_OR_HUB_ID`."
+    ),
+    model_line="Model: `{name}`",
+    chatbot="Chat",
+    placeholder="Type a message, attach images…",
+    stop="Stop",
+    retry="Retry",
+    delete_last="Delete last turn",
+    new_conversation="New conversation",
+    system_prompt="System prompt",
+    settings="Generation settings",
+    temperature="Temperature",
+    temperature_info="0 means greedy decoding (same answer every time)",
+    top_p="Top-p",
+    top_p_info="sample only from the most likely tokens that together reach probability p",
+    max_new_tokens="Max new tokens",
+    repetition_penalty="Repetition penalty",
+    system_prompt_template=(
+        "You are YuRen (羽人), a helpful multimodal AI assistant that can understand images. Read the user's "
+        "question and images carefully and answer accurately, clearly and helpfully; when you are not sure, "
+        "say so instead of making things up. Use Markdown where it helps and put code in code blocks. "
+        "Decline illegal or harmful requests. Current date: {date}."
+    ),
+    error_title="Error",
+    empty_message="Type a message or attach an image.",
+    text_too_long="The message is too long: {length} characters, the limit is {limit}.",
+    system_too_long="The system prompt is too long: {length} characters, the limit is {limit}.",
+    too_many_images_message="Attach at most {limit} images to one message.",
+    too_many_images_conversation="This conversation has reached its limit of {limit} images; start a new conversation.",
+    images_not_supported="The loaded model reads text only; it cannot take images.",
+    image_too_large="The image {name} is too large: {width}×{height} pixels, the limit is {limit:,} pixels. Downscale it first.",
+    image_far_too_large="The image {name} is too large, far beyond the limit of {limit:,} pixels. Downscale it first.",
+    image_unreadable="Could not read the image {name}: the file is damaged or incomplete.",
+    image_format="The image {name} is in an unsupported format ({format}); upload {accepted}.",
+    prompt_too_long=(
+        "This message is too long: with the system prompt it takes {prompt_tokens} tokens, and with "
+        "{max_new_tokens} tokens kept for the answer that exceeds the model's context of {context_length} tokens. "
+        "Shorten the message, attach fewer images or lower the max new tokens."
+    ),
+    out_of_memory="Out of memory: this answer failed. Shorten the conversation, attach fewer images or lower the max new tokens, then retry.",
+    generation_failed="Generation failed ({error}); please retry.",
+    nothing_to_retry="There is no answer to retry yet.",
+    invalid_settings="Invalid generation settings: {detail}",
+)
+
+LABELS = {"zh": ZH, "en": EN}
+
+
+def labels_for(lang: str) -> Labels:
+    """The labels of ``lang`` (``zh`` or ``en``)."""
+    if lang not in LABELS:
+        raise ValueError(f"unsupported UI language {lang!r}; choose one of {', '.join(LANGUAGES)}")
+    return LABELS[lang]

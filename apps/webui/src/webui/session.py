@@ -1,0 +1,122 @@
+"""One browser's conversation: its turns, its images and its Stop switch.
+
+Each browser session gets its own :class:`ChatSession` (a ``gr.State``), so two
+people chatting at once never see each other's history, images or Stop. The
+session is the source of truth: the chat display is rebuilt from it, and the
+model sees it rendered as role/content messages (:meth:`ChatSession.conversation`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Attachment:
+    """An uploaded image: the file Gradio stored (for display) and what the backend made of it."""
+
+    path: str
+    prepared: Any
+
+
+@dataclass
+class Exchange:
+    """A user turn (text and images) and the answer to it (possibly partial)."""
+
+    text: str
+    attachments: list[Attachment] = field(default_factory=list)
+    answer: str = ""
+
+
+def user_content(text: str, num_images: int) -> list[dict]:
+    """Role/content parts of a user turn: its images first, each on its own line, then the text.
+
+    This is the layout of LLaVA-style training data (``"<image>\\n" * n + text``),
+    split the way the renderer splits such a string, so a turn with images
+    renders here token-for-token as it did in training.
+    """
+    parts: list[dict] = []
+    for i in range(num_images):
+        parts.append({"type": "image"})
+        newline = "\n" + text if i == num_images - 1 else "\n"
+        parts.append({"type": "text", "text": newline})
+    if not num_images:
+        parts.append({"type": "text", "text": text})
+    return parts
+
+
+@dataclass
+class ChatSession:
+    """A conversation and the generation currently writing into it.
+
+    Every :meth:`begin` starts a new generation with its own stop event;
+    :meth:`stop`, :meth:`delete_last` and :meth:`clear` end the running one,
+    and a generation that is no longer :meth:`current` must stop writing.
+    Only deepcopy-able fields until the first generation: Gradio deep-copies a
+    ``gr.State``'s initial value for every new browser session.
+    """
+
+    exchanges: list[Exchange] = field(default_factory=list)
+    _generation: int = 0
+    _stop_event: threading.Event | None = None
+
+    def begin(self) -> tuple[int, threading.Event]:
+        """Start a generation (stopping any running one); return its id and stop event."""
+        self.stop()
+        self._generation += 1
+        self._stop_event = threading.Event()
+        return self._generation, self._stop_event
+
+    def current(self, generation: int) -> bool:
+        """Whether ``generation`` is still the one allowed to write into this session."""
+        return generation == self._generation
+
+    def stop(self) -> None:
+        """Ask the running generation, if any, to stop."""
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def delete_last(self) -> None:
+        """Stop any generation and remove the last exchange (user turn and answer)."""
+        self.stop()
+        self._generation += 1
+        if self.exchanges:
+            self.exchanges.pop()
+
+    def clear(self) -> None:
+        """Stop any generation and forget the whole conversation."""
+        self.stop()
+        self._generation += 1
+        self.exchanges.clear()
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(exchange.attachments) for exchange in self.exchanges)
+
+    def conversation(self, system_prompt: str) -> tuple[list[dict], list[Any]]:
+        """Role/content messages ending with the last user turn, and the prepared images in reading order.
+
+        The last exchange's answer is what is being generated, so it is left out.
+        """
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+        images: list[Any] = []
+        for i, exchange in enumerate(self.exchanges):
+            messages.append({"role": "user", "content": user_content(exchange.text, len(exchange.attachments))})
+            images += [attachment.prepared for attachment in exchange.attachments]
+            if i < len(self.exchanges) - 1:
+                messages.append({"role": "assistant", "content": exchange.answer})
+        return messages, images
+
+    def display(self) -> list[dict]:
+        """The conversation as ``gr.Chatbot`` messages (images shown in the turn they came with)."""
+        shown: list[dict] = []
+        for exchange in self.exchanges:
+            for attachment in exchange.attachments:
+                shown.append({"role": "user", "content": {"path": attachment.path}})
+            if exchange.text:
+                # A text part, not a bare string: Gradio would dedent a bare string and break code indentation.
+                shown.append({"role": "user", "content": {"type": "text", "text": exchange.text}})
+            shown.append({"role": "assistant", "content": {"type": "text", "text": exchange.answer}})
+        return shown

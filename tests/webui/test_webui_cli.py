@@ -1,0 +1,118 @@
+"""`webui` command line: booleans that mean what they say, the exposure guard, demo and model wiring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import webui.__main__ as cli
+from webui.app import build_app
+from webui.server import ExposureRefused, check_exposure, is_loopback, parse_auth, serve
+
+
+@pytest.mark.parametrize(
+    "text, value", [("True", True), ("False", False), ("false", False), ("1", True), ("no", False)]
+)
+def test_booleans_parse_as_written(text, value):
+    args = cli.build_parser().parse_args(["some/model", "--load_8bit", text, "--share", text])
+    assert args.load_8bit is value and args.share is value
+
+
+def test_bad_boolean_and_auth_are_usage_errors(capsys):
+    for argv in (["--load_8bit", "maybe"], ["--auth", "nopassword"], ["--auth", ":pw"]):
+        with pytest.raises(SystemExit) as exited:
+            cli.build_parser().parse_args(argv)
+        assert exited.value.code == 2
+    assert "expected True or False" in capsys.readouterr().err
+
+
+def test_defaults_are_private():
+    args = cli.build_parser().parse_args([])
+    assert args.model is None and args.server_name == "127.0.0.1" and args.share is False and args.auth is None
+    assert args.lang == "zh" and not args.allow_unauthenticated_public
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                            ("127.0.0.2", True), ("0.0.0.0", False), ("192.168.1.5", False),
+                                            ("::", False), ("myhost.example", False)])  # fmt: skip
+def test_loopback_addresses(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_auth_pairs():
+    assert parse_auth("alice:pa:ss") == ("alice", "pa:ss")
+    with pytest.raises(ValueError):
+        parse_auth("alice:")
+
+
+def test_public_without_auth_is_refused_unless_insisted():
+    with pytest.raises(ExposureRefused, match="--auth"):
+        check_exposure("0.0.0.0", share=False, auth=None)
+    with pytest.raises(ExposureRefused, match="gradio.live"):
+        check_exposure("127.0.0.1", share=True, auth=None)
+    check_exposure("0.0.0.0", share=True, auth=("a", "b"))
+    check_exposure("0.0.0.0", share=False, auth=None, allow_unauthenticated_public=True)
+    check_exposure("127.0.0.1", share=False, auth=None)
+
+
+def test_serve_refuses_before_listening(fake_backend):
+    app = build_app(fake_backend())
+    with pytest.raises(ExposureRefused):
+        serve(app, server_name="0.0.0.0", prevent_thread_lock=True, quiet=True)
+    assert not app.is_running
+
+
+def test_cli_refuses_public_without_auth_before_loading_anything(monkeypatch, capsys):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the exposure check")
+
+    monkeypatch.setattr("webui.engine.ModelBackend.from_pretrained", must_not_load)
+    for argv in (["model", "--server_name", "0.0.0.0"], ["model", "--share", "True"]):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(argv)
+        assert exited.value.code == 2
+    assert "--auth USER:PASS" in capsys.readouterr().err
+
+
+@pytest.fixture
+def launched(monkeypatch, fake_backend):
+    """Run ``cli.main`` with model loading and serving replaced; return what they were given."""
+    seen = {}
+
+    def load(path, **kwargs):
+        seen["load"] = (str(path), kwargs)
+        return fake_backend()
+
+    def fake_serve(app, **kwargs):
+        seen["app"], seen["serve"] = app, kwargs
+
+    monkeypatch.setattr("webui.engine.ModelBackend.from_pretrained", load)
+    monkeypatch.setattr("webui.server.serve", fake_serve)
+    return seen
+
+
+def test_cli_serves_the_named_model(launched, tmp_path):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    cli.main([str(model), "--load_8bit", "False", "--load_4bit", "True", "--server_name", "0.0.0.0",
+              "--auth", "alice:secret", "--lang", "en"])  # fmt: skip
+    assert launched["load"] == (str(model), {"load_8bit": False, "load_4bit": True})
+    settings = launched["serve"]
+    assert settings["server_name"] == "0.0.0.0" and settings["auth"] == ("alice", "secret")
+    assert settings["blocked_paths"] == [model]  # the model directory is never served
+    config = json.dumps(launched["app"].config, ensure_ascii=False, default=str)
+    assert "my-model" in config and str(tmp_path) not in config and "demo model" not in config
+
+
+def test_cli_without_model_serves_the_demo_and_says_so(launched, monkeypatch, tmp_path):
+    built = tmp_path / "cache" / "model"
+
+    def ensure_demo_model(cache_dir):
+        assert cache_dir == tmp_path / "cache"
+        return built
+
+    monkeypatch.setattr("webui.demo.ensure_demo_model", ensure_demo_model)
+    cli.main(["--demo_cache_dir", str(tmp_path / "cache")])
+    assert launched["load"][0] == str(built)
+    config = json.dumps(launched["app"].config, ensure_ascii=False, default=str)
+    assert "这是内置的小型演示模型" in config
