@@ -1,0 +1,108 @@
+"""Collators: rows of token ids (and image paths) in, model-ready batches out.
+
+:class:`PaddingCollator` right-pads one conversation per row and gives the
+model an ``attention_mask``. :class:`PackedCollator` takes packed rows and
+gives the model ``position_ids`` that restart at 0 for every conversation, no
+``attention_mask`` and ``use_cache=False``: transformers then derives a
+block-diagonal causal mask from the position ids, so no token attends across a
+conversation boundary.
+Its padding is one more such block, attending only to itself, with no labels.
+
+Rows may carry image paths (``images``); given an ``image_loader`` (paths in,
+``[images, 3, H, W]`` tensor out) the collators add ``pixel_values`` in the
+order the images appear in the batch. Text-only training passes none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from yuren_core.constants import IGNORE_INDEX
+
+ImageLoader = Callable[[Sequence[str]], torch.Tensor]
+
+
+class _Collator:
+    def __init__(
+        self, pad_token_id: int, *, image_loader: ImageLoader | None = None, pad_to_multiple_of: int | None = None
+    ):
+        self.pad_token_id = pad_token_id
+        self.image_loader = image_loader
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def _padded_length(self, rows: Sequence[Mapping]) -> int:
+        length = max(len(row["input_ids"]) for row in rows)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return length
+
+    def _add_images(self, batch: dict, rows: Sequence[Mapping]) -> dict:
+        paths = [path for row in rows for path in row.get("images") or ()]
+        if not paths:
+            return batch
+        if self.image_loader is None:
+            raise ValueError(
+                f"the batch names {len(paths)} image(s) (first: {paths[0]!r}) but the collator has no image loader; "
+                "text-only training takes conversations without images"
+            )
+        batch["pixel_values"] = self.image_loader(paths)
+        return batch
+
+
+class PaddingCollator(_Collator):
+    """Right-pad each row (one conversation) to the longest in the batch; labels padded with ``IGNORE_INDEX``."""
+
+    def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        length = self._padded_length(rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
+            labels[i, :n] = torch.as_tensor(row["labels"])
+            attention_mask[i, :n] = 1
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        return self._add_images(batch, rows)
+
+
+class PackedCollator(_Collator):
+    """Batch packed rows with per-conversation ``position_ids`` and no ``attention_mask``.
+
+    Each row's ``seq_lengths`` gives the lengths of the conversations packed in
+    it; a row without that column is a single conversation.
+    """
+
+    def __call__(self, rows: Sequence[Mapping]) -> dict:
+        length = self._padded_length(rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            seq_lengths = list(row.get("seq_lengths") or [n])
+            if sum(seq_lengths) != n:
+                raise ValueError(f"row {i}: seq_lengths {seq_lengths} do not add up to its {n} tokens")
+            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
+            labels[i, :n] = torch.as_tensor(row["labels"])
+            if length > n:
+                seq_lengths.append(length - n)
+            position_ids[i] = torch.cat([torch.arange(k) for k in seq_lengths])
+            # The first token of each conversation must not be a target of the one before it.
+            starts = torch.cumsum(torch.tensor([0, *seq_lengths[:-1]]), 0)
+            labels[i, starts] = IGNORE_INDEX
+        # transformers derives the per-conversation mask from position ids only when no cache is in use.
+        batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
+        return self._add_images(batch, rows)
+
+
+def padding_tokens(batch: Mapping[str, torch.Tensor], pad_token_id: int) -> tuple[int, int]:
+    """``(padding, total)`` token counts of a collated batch."""
+    input_ids = batch["input_ids"]
+    if "attention_mask" in batch:
+        padding = int((batch["attention_mask"] == 0).sum())
+    else:
+        # Packed batches have no mask; the pad token never comes out of the renderer.
+        padding = int((input_ids == pad_token_id).sum())
+    return padding, input_ids.numel()

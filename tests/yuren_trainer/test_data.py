@@ -1,0 +1,151 @@
+"""Reading, validating, tokenizing and caching SFT conversation files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from trainer_helpers import MEMORY_CONVERSATIONS, UPSTREAM_SAMPLE, write_json
+from yuren_core.chatml import render
+from yuren_core.constants import IGNORE_INDEX
+from yuren_trainer import data
+from yuren_trainer.data import DataError, load_sft_dataset, read_conversations, tokenize
+
+LICENSE_NOTE = {"__comment__": "license note, not a conversation"}
+
+
+def test_json_list_and_json_lines_read_the_same(tmp_path):
+    listed = write_json(tmp_path / "list.json", [LICENSE_NOTE, *MEMORY_CONVERSATIONS])
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in MEMORY_CONVERSATIONS) + "\n\n")
+    from_list, from_lines = read_conversations(listed), read_conversations(lines)
+    assert len(from_list) == len(MEMORY_CONVERSATIONS)
+    assert [c.messages for c in from_list] == [c.messages for c in from_lines]
+    assert from_list[0].source == f"{listed}:1 (record 1)"
+    assert from_lines[2].source == f"{lines}:3"
+
+
+def test_upstream_sample_reads_without_its_comment_record(upstream_conversations, tokenizer, tmp_path):
+    conversations = read_conversations(UPSTREAM_SAMPLE)
+    assert len(conversations) == len(upstream_conversations)
+    columns, stats = tokenize(conversations[:20], tokenizer, max_length=4096)
+    assert stats.kept == 20 and stats.dropped_unsupervised == 0
+
+
+def bad_file(tmp_path, records) -> str:
+    """A JSON list written one record per line, so record i sits on line i + 2."""
+    path = tmp_path / "bad.json"
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+    return str(path)
+
+
+def test_every_bad_record_is_reported_with_file_line_record_and_field(tmp_path):
+    good = MEMORY_CONVERSATIONS[0]
+    path = bad_file(
+        tmp_path,
+        [
+            good,
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "hello"}]},
+            {"dialogue": []},
+            {"conversations": [{"from": "human"}]},
+            ["not", "an", "object"],
+        ],
+    )
+    with pytest.raises(DataError) as error:
+        read_conversations(path)
+    message = str(error.value)
+    assert "4 bad record(s)" in message
+    assert f"{path}:3 (record 1): field 'conversations', turn 1: unknown role 'bot'" in message
+    assert f"{path}:4 (record 2): missing field 'conversations'" in message
+    assert f"{path}:5 (record 3): field 'conversations', turn 0: field 'value' must be a string" in message
+    assert f"{path}:6 (record 4): expected an object" in message
+
+
+def test_malformed_json_is_reported_with_its_line(tmp_path):
+    lines = tmp_path / "broken.jsonl"
+    lines.write_text(json.dumps(MEMORY_CONVERSATIONS[0]) + "\n" + '{"conversations": [\n')
+    with pytest.raises(DataError, match=rf"{lines}:2: malformed JSON line"):
+        read_conversations(lines)
+    listed = tmp_path / "broken.json"
+    listed.write_text("[\n" + json.dumps(MEMORY_CONVERSATIONS[0]) + ",\n{oops}\n]")
+    with pytest.raises(DataError, match=rf"{listed}:3: malformed JSON"):
+        read_conversations(listed)
+
+
+def test_image_paths_must_match_the_placeholders(tmp_path, tokenizer):
+    record = {
+        "image": "pictures/cat.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is this?"},
+            {"from": "gpt", "value": "A cat."},
+        ],
+    }
+    conversations = read_conversations(write_json(tmp_path / "images.json", [record]))
+    columns, _ = tokenize(conversations, tokenizer, max_length=512, image_seq_len=4)
+    assert columns["images"] == [["pictures/cat.png"]]
+    unnamed = {"conversations": record["conversations"]}
+    with pytest.raises(DataError, match="1 image placeholder"):
+        tokenize(
+            read_conversations(write_json(tmp_path / "unnamed.json", [unnamed])),
+            tokenizer,
+            max_length=512,
+            image_seq_len=4,
+        )
+
+
+def test_conversations_without_supervised_tokens_are_dropped_and_counted(tmp_path, tokenizer):
+    long_prompt = "word " * 200
+    records = [
+        MEMORY_CONVERSATIONS[0],
+        {"conversations": [{"from": "system", "value": "Be nice."}, {"from": "human", "value": "No answer follows."}]},
+        {"conversations": [{"from": "human", "value": long_prompt}, {"from": "gpt", "value": "Cut off entirely."}]},
+    ]
+    columns, stats = tokenize(read_conversations(write_json(tmp_path / "d.json", records)), tokenizer, max_length=64)
+    assert stats.dropped_unsupervised == 2
+    assert stats.kept == len(columns["input_ids"]) == 1
+    # The kept row is the real conversation, its prompt unsupervised: no copying of prompt tokens into labels.
+    expected = render(tokenizer, MEMORY_CONVERSATIONS[0]["conversations"])
+    assert columns["labels"][0] == expected.labels
+    assert columns["labels"][0][0] == IGNORE_INDEX
+
+
+def test_truncation_keeps_labels_aligned(tmp_path, tokenizer):
+    conversation = MEMORY_CONVERSATIONS[1]
+    full = render(tokenizer, conversation["conversations"])
+    limit = len(full.input_ids) - 5
+    columns, stats = tokenize(
+        read_conversations(write_json(tmp_path / "t.json", [conversation])), tokenizer, max_length=limit
+    )
+    assert stats.truncated == 1
+    assert columns["input_ids"][0] == full.input_ids[:limit]
+    assert columns["labels"][0] == full.labels[:limit]
+    assert columns["length"][0] == limit
+
+
+def test_tokenized_data_is_cached_and_a_changed_file_misses(tmp_path, tokenizer, monkeypatch):
+    path = write_json(tmp_path / "train.json", MEMORY_CONVERSATIONS)
+    cache = tmp_path / "cache"
+    first, stats = load_sft_dataset(path, tokenizer, max_length=128, cache_dir=cache)
+    assert len(first) == stats.rows == 4
+    assert first[0]["seq_lengths"] == [first[0]["length"]]
+
+    def must_not_read(path):
+        raise AssertionError(f"{path} was read again despite the cache")
+
+    monkeypatch.setattr(data, "read_conversations", must_not_read)
+    again, again_stats = load_sft_dataset(path, tokenizer, max_length=128, cache_dir=cache)
+    assert again["input_ids"] == first["input_ids"] and again_stats == stats
+
+    write_json(path, MEMORY_CONVERSATIONS[:2])
+    with pytest.raises(AssertionError, match="read again"):
+        load_sft_dataset(path, tokenizer, max_length=128, cache_dir=cache)
+    with pytest.raises(AssertionError, match="read again"):
+        load_sft_dataset(path, tokenizer, max_length=128, cache_dir=cache, packing=True)
+
+
+def test_packed_dataset_rows_hold_several_conversations(tmp_path, tokenizer):
+    path = write_json(tmp_path / "train.json", MEMORY_CONVERSATIONS * 3)
+    dataset, stats = load_sft_dataset(path, tokenizer, max_length=128, cache_dir=tmp_path / "cache", packing=True)
+    assert stats.kept == 12 and stats.rows == len(dataset) < 12
+    assert sum(len(row["seq_lengths"]) for row in dataset) == 12
+    assert all(sum(row["seq_lengths"]) == row["length"] == len(row["input_ids"]) <= 128 for row in dataset)

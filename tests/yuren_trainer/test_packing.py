@@ -1,0 +1,115 @@
+"""Packing and collation: conversations share rows, never attention; the loss does not notice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trainer_helpers import MEMORY_CONVERSATIONS
+from yuren_core.chatml import render
+from yuren_core.constants import IGNORE_INDEX
+from yuren_core.vocab import special_ids
+from yuren_trainer.collator import PackedCollator, PaddingCollator, padding_tokens
+from yuren_trainer.packing import assign_bins, pack_rows
+
+
+def test_bins_hold_every_item_once_within_capacity():
+    lengths = [7, 3, 9, 1, 4, 4, 10, 2, 6]
+    bins = assign_bins(lengths, 10)
+    assert sorted(i for members in bins for i in members) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in members) <= 10 for members in bins)
+    assert len(bins) == 5  # 47 tokens need at least 5 bins of 10
+    assert bins == assign_bins(lengths, 10)
+    with pytest.raises(ValueError, match="item 6 has length 10 > capacity 9"):
+        assign_bins(lengths, 9)
+
+
+def rows(tokenizer, conversations=MEMORY_CONVERSATIONS):
+    rendered = [render(tokenizer, c["conversations"]) for c in conversations]
+    return [{"input_ids": r.input_ids, "labels": r.labels, "images": []} for r in rendered]
+
+
+def test_packed_rows_restart_positions_and_mask_the_first_label(tokenizer):
+    singles = rows(tokenizer)
+    columns = {key: [row[key] for row in singles] for key in ("input_ids", "labels", "images")}
+    packed = pack_rows(columns, max_length=sum(len(r["input_ids"]) for r in singles))
+    assert len(packed["input_ids"]) == 1 and packed["seq_lengths"][0] == [len(r["input_ids"]) for r in singles]
+
+    pad = special_ids(tokenizer).pad
+    row = {key: packed[key][0] for key in packed}
+    batch = PackedCollator(pad)([row, singles[0]])
+    assert "attention_mask" not in batch and batch["use_cache"] is False
+    lengths = row["seq_lengths"]
+    expected_positions = torch.cat([torch.arange(n) for n in lengths])
+    assert torch.equal(batch["position_ids"][0], expected_positions)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    assert all(batch["labels"][0, s] == IGNORE_INDEX for s in starts)
+    # The shorter row is padded by a block of its own: positions from 0, pad ids, no labels.
+    n = len(singles[0]["input_ids"])
+    assert torch.equal(batch["position_ids"][1, n:], torch.arange(batch["input_ids"].shape[1] - n))
+    assert (batch["input_ids"][1, n:] == pad).all() and (batch["labels"][1, n:] == IGNORE_INDEX).all()
+    assert padding_tokens(batch, pad) == (batch["input_ids"].shape[1] - n, batch["input_ids"].numel())
+
+
+def test_padding_collator_masks_padding(tokenizer):
+    singles = rows(tokenizer)
+    pad = special_ids(tokenizer).pad
+    batch = PaddingCollator(pad)(singles)
+    for i, row in enumerate(singles):
+        n = len(row["input_ids"])
+        assert batch["attention_mask"][i].sum() == n
+        assert batch["input_ids"][i, :n].tolist() == row["input_ids"]
+        assert (batch["labels"][i, n:] == IGNORE_INDEX).all()
+    padding, total = padding_tokens(batch, pad)
+    assert padding == total - sum(len(r["input_ids"]) for r in singles)
+
+
+def test_rows_with_images_need_an_image_loader(tokenizer):
+    row = {**rows(tokenizer)[0], "images": ["a.png", "b.png"]}
+    with pytest.raises(ValueError, match="no image loader"):
+        PaddingCollator(0)([row])
+    batch = PackedCollator(0, image_loader=lambda paths: torch.zeros(len(paths), 3, 8, 8))([row, row])
+    assert batch["pixel_values"].shape == (4, 3, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def model(prepared_base):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(prepared_base).eval()
+
+
+def test_packed_conversations_do_not_see_each_other(model, tokenizer):
+    singles = rows(tokenizer)
+    pad = special_ids(tokenizer).pad
+    packed = PackedCollator(pad)(
+        [
+            {
+                "input_ids": [t for r in singles for t in r["input_ids"]],
+                "labels": [t for r in singles for t in r["labels"]],
+                "seq_lengths": [len(r["input_ids"]) for r in singles],
+            }
+        ]
+    )
+    with torch.no_grad():
+        packed_logits = model(**{k: v for k, v in packed.items() if k != "labels"}).logits[0]
+        start = 0
+        for row in singles:
+            alone = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+            inside = packed_logits[start : start + len(row["input_ids"])]
+            torch.testing.assert_close(inside, alone, rtol=1e-4, atol=1e-4)
+            start += len(row["input_ids"])
+
+
+def test_packed_loss_equals_unpacked_loss(model, tokenizer):
+    singles = rows(tokenizer)
+    pad = special_ids(tokenizer).pad
+    padded = PaddingCollator(pad)(singles)
+    columns = {key: [row[key] for row in singles] for key in ("input_ids", "labels", "images")}
+    packed_columns = pack_rows(columns, max_length=sum(len(r["input_ids"]) for r in singles))
+    packed = PackedCollator(pad)([{key: packed_columns[key][0] for key in packed_columns}])
+    # The same supervised targets in both (the count HF averages the loss over).
+    assert (padded["labels"][:, 1:] != IGNORE_INDEX).sum() == (packed["labels"][:, 1:] != IGNORE_INDEX).sum()
+    with torch.no_grad():
+        unpacked_loss = model(**padded).loss
+        packed_loss = model(**packed).loss
+    torch.testing.assert_close(packed_loss, unpacked_loss, rtol=1e-5, atol=1e-5)
