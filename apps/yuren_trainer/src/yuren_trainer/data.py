@@ -25,14 +25,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
 from yuren_core import chatml
+from yuren_core.atomic import atomic_directory
 from yuren_core.chatml import ConversationError, ImageBlockTruncated, Message, render, to_messages
 
 from .packing import pack_rows
@@ -294,17 +293,9 @@ def load_sft_dataset(
     dataset = datasets.Dataset.from_dict(columns, features=_features())
 
     # Written beside the final place and renamed into it, so a crash never leaves a half cache behind.
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cached.name}.partial-", dir=cache_root))
-    try:
+    with atomic_directory(cached) as staging:
         dataset.save_to_disk(str(staging))
         (staging / "yuren_stats.json").write_text(json.dumps(asdict(stats)))
-        if cached.exists():
-            shutil.rmtree(cached)
-        staging.rename(cached)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return datasets.load_from_disk(str(cached)), stats
 
 

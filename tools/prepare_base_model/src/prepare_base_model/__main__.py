@@ -9,11 +9,10 @@ temporary directory beside it and renamed into place.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from yuren_core.atomic import atomic_directory
 from yuren_core.constants import DEFAULT_BASE_MODEL, DEFAULT_BASE_OUTPUT
 from yuren_core.vocab import extend_vocabulary, load_tokenizer
 
@@ -55,19 +54,11 @@ def prepare(base: str, output: Path, *, overwrite: bool = False) -> Path:
     rows = model.get_input_embeddings().weight.shape[0]
     print(f"          added {added} special tokens; embeddings now {rows} rows", flush=True)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with atomic_directory(output) as staging:
         print(f"[3/{steps}] writing to {staging}", flush=True)
         tokenizer.save_pretrained(staging)
         model.save_pretrained(staging)
         print(f"[4/{steps}] moving into place at {output}", flush=True)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 
