@@ -65,6 +65,7 @@ def tiny_clip_id(tiny_dir) -> str:
 def fused_model_dir(prepared_base, tiny_clip_id, tmp_path_factory) -> Path:
     """A saved tiny YuRen checkpoint (model + tokenizer): prepared base + tiny vision tower, random projector."""
     import torch
+
     from yuren_core.loading import build_fused_model
 
     out = tmp_path_factory.mktemp("fused")

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 import torch
-from merge_lora.__main__ import main
 from transformers import AutoModelForCausalLM
+
+from merge_lora.__main__ import main
 from yuren_core.chatml import render
 from yuren_core.vocab import load_tokenizer, special_ids
 
@@ -19,6 +20,7 @@ PROMPT = [{"from": "system", "value": "You are YuRen."}, {"from": "human", "valu
 def adapter(prepared_base, tmp_path_factory):
     """An adapter shaped like the trainer's QLoRA ones (LoRA on all projections, new-token rows), non-zero."""
     from peft import LoraConfig, get_peft_model
+
     from yuren_trainer.qlora import QLoRASettings, new_token_ids
 
     tokenizer = load_tokenizer(str(prepared_base))

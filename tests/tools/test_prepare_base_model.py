@@ -6,6 +6,7 @@ import sys
 
 import torch
 from transformers import AutoModelForCausalLM
+
 from yuren_core.chatml import render
 from yuren_core.vocab import load_tokenizer, special_ids
 

@@ -1,8 +1,10 @@
 """The synthetic shapes data: ground truth that matches the pixels, reproducible by seed."""
 
 import json
-from make_tiny_model.shapes import COLOURS, colour_answer, write_dataset
+
 from PIL import Image
+
+from make_tiny_model.shapes import COLOURS, colour_answer, write_dataset
 
 
 def test_dataset_records_match_their_images(tmp_path):

@@ -62,6 +62,7 @@ def fake_backend():
 def text_model(prepared_base):
     """The tiny text-only LLaMA (no vision tower) and its tokenizer."""
     from transformers import AutoModelForCausalLM
+
     from yuren_core.vocab import load_tokenizer
 
     return AutoModelForCausalLM.from_pretrained(prepared_base).eval(), load_tokenizer(str(prepared_base))

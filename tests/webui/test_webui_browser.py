@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from webui.app import Defaults, build_app
 from webui.engine import ModelBackend
 from webui.server import serve

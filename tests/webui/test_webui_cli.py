@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 import webui.__main__ as cli
 from webui.app import build_app
 from webui.server import ExposureRefused, check_exposure, is_loopback, parse_auth, serve

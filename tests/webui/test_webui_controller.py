@@ -10,6 +10,7 @@ import time
 import gradio as gr
 import pytest
 import torch
+
 from webui.app import ChatController, Limits, new_session
 from webui.backend import PromptTooLong
 from webui.labels import EN, LABELS, ZH

@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 from PIL import Image
+
 from webui.backend import GenerationParams, PromptTooLong
 from webui.engine import ModelBackend, StopOnEvent
 from webui.session import Attachment, ChatSession, Exchange

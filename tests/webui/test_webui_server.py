@@ -13,6 +13,7 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+
 from webui.app import Defaults, Limits, build_app
 from webui.engine import ModelBackend
 from webui.server import serve

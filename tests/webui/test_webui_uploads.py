@@ -1,6 +1,7 @@
 """Upload checks: what gets decoded, and the clean refusals for everything else."""
 
 import pytest
+
 from webui.uploads import ImageRejected, open_upload
 
 LIMIT = 40_000_000

@@ -1,6 +1,7 @@
 """atomic_directory: an output appears complete or not at all."""
 
 import pytest
+
 from yuren_core.atomic import atomic_directory
 
 

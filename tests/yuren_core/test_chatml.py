@@ -1,6 +1,7 @@
 """The ChatML renderer: golden layout, label mask, injection safety, images, truncation."""
 
 import pytest
+
 from yuren_core.chatml import (
     IMAGE,
     ConversationError,

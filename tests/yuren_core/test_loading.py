@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
+
 from yuren_core.loading import build_fused_model, load_model
 from yuren_core.modeling import YuRenConfig, YuRenForCausalLM
 from yuren_core.vision import ImageProcessor

@@ -5,6 +5,7 @@ import threading
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM, TextIteratorStreamer
+
 from yuren_core.chatml import render
 from yuren_core.loading import build_fused_model
 from yuren_core.modeling import YuRenConfig, YuRenForCausalLM, merge_image_features

@@ -6,6 +6,7 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
+
 from yuren_core.vision import (
     ImageProcessor,
     ImageTooLargeError,

@@ -2,6 +2,7 @@
 
 import torch
 from transformers import AutoModelForCausalLM
+
 from yuren_core.constants import MAX_POSITION_EMBEDDINGS, SPECIAL_TOKENS
 from yuren_core.vocab import extend_vocabulary, load_tokenizer
 

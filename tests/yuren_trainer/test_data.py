@@ -6,6 +6,7 @@ import json
 
 import pytest
 from trainer_helpers import MEMORY_CONVERSATIONS, UPSTREAM_SAMPLE, write_json
+
 from yuren_core.chatml import render
 from yuren_core.constants import IGNORE_INDEX
 from yuren_trainer import data

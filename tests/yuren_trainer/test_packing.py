@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from trainer_helpers import MEMORY_CONVERSATIONS
+
 from yuren_core.chatml import render
 from yuren_core.constants import IGNORE_INDEX
 from yuren_core.vocab import special_ids

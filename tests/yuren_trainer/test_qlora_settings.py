@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 from trainer_helpers import REPO
+
 from yuren_trainer.qlora import QLoRAConfigError, new_token_ids, quantization_config, read_settings
 
 QLORA_JSON = REPO / "apps" / "yuren_trainer" / "config" / "qlora.json"

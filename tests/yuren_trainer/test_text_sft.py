@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from trainer_helpers import MEMORY_CONVERSATIONS, PROJECT_DATA, run_text_sft, trainer_state, write_json
+
 from yuren_core.chatml import render
 from yuren_trainer.checkpoints import COMPLETE_MARKER
 
@@ -27,6 +28,7 @@ def test_overfitting_packed_conversations_reproduces_the_answers(prepared_base, 
     assert losses[0] > 3 and losses[-1] < 0.2, losses
 
     from transformers import AutoModelForCausalLM
+
     from yuren_core.vocab import load_tokenizer
 
     tokenizer = load_tokenizer(str(output))

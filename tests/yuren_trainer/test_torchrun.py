@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from trainer_helpers import PROJECT_DATA, REPO, trainer_state, write_json
+
 from yuren_trainer.checkpoints import COMPLETE_MARKER, is_complete
 from yuren_trainer.qlora import QLoRASettings
 
@@ -184,6 +185,7 @@ def test_qlora_trains_the_adapter_and_new_token_rows_and_merges(qlora_base, tmp_
     )
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
     from yuren_core.chatml import render
     from yuren_core.vocab import load_tokenizer
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
 from yuren_core.chatml import render
 from yuren_core.vocab import special_ids
 

@@ -14,6 +14,7 @@ from os import PathLike
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
 from yuren_core.vision import ImageTooLargeError, check_pixel_limit
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from yuren_core.atomic import atomic_directory
 
 DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -57,6 +58,7 @@ def merge(
     """Merge the adapter at ``lora_path`` into ``base_model_path``; write model and tokenizer to ``target_model_path``."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
     from yuren_core.vocab import load_tokenizer
 
     target = Path(target_model_path)
