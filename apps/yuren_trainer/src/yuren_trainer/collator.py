@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+
 from yuren_core.constants import IGNORE_INDEX
 
 ImageLoader = Callable[[Sequence[str]], torch.Tensor]

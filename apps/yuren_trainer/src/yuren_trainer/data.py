@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
+
 from yuren_core import chatml
 from yuren_core.atomic import atomic_directory
 from yuren_core.chatml import ConversationError, ImageBlockTruncated, Message, render, to_messages

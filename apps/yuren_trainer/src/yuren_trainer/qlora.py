@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
+
 from yuren_core.constants import SPECIAL_TOKENS
 from yuren_core.loading import UNQUANTIZED_MODULES
 

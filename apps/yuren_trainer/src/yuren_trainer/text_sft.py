@@ -20,6 +20,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
+
 from yuren_core.vocab import load_tokenizer, special_ids
 
 from . import qlora

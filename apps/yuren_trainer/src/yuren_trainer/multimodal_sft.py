@@ -1,0 +1,165 @@
+"""Stage 3: multimodal SFT. Projector and LLM train on image and text conversations; the vision tower stays frozen.
+
+Run it under torchrun, in stage 1's flag style (see the project README)::
+
+    torchrun --nproc_per_node=8 -m yuren_trainer.multimodal_sft \\
+      --model_name_or_path dist/yuren-7b-stage2 --train_file llava.json --text_train_file train.json \\
+      --image_folder images/ --num_train_epochs 2 ... \\
+      --deepspeed apps/yuren_trainer/config/deepspeed_config.json --output_dir dist/yuren-7b-stage3
+
+It starts from stage 2's output, or from a stage-1 model plus
+``--projector_path`` (stage 2's ``mm_projector.safetensors``), in which case
+the fused model is assembled again with ``--clip_model``. The image
+conversations (``--train_file``) and the stage-1 text conversations
+(``--text_train_file``) are trained on together, 2 epochs by default. All
+weights but the tower's train (under DeepSpeed ZeRO-3 for a 7B model), or with
+``--use_lora True --lora_config ...`` a QLoRA adapter, the projector and the
+new tokens' embedding rows. Its output is the model the web UI serves (merge a
+LoRA adapter with ``merge-lora`` first).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoConfig, set_seed
+
+from yuren_core.modeling import YuRenConfig
+from yuren_core.vocab import special_ids
+
+from . import qlora
+from .arguments import ModelArguments, SFTTrainingArguments, UsageError, parse_args
+from .checkpoints import CheckpointCompletion
+from .data import DataError
+from .multimodal import (
+    PROJECTOR,
+    PROJECTOR_FILE,
+    ImageDataArguments,
+    VisionTowerArguments,
+    assemble_fused_model,
+    clip_image_seq_len,
+    load_image_datasets,
+    load_projector,
+    load_yuren_tokenizer,
+    log_trainable,
+    make_image_collator,
+)
+from .recipe import check_reporting, setup_logging, train_and_save
+from .text_sft import load_model
+from .trainer import SFTTrainer
+
+
+@dataclass
+class MultimodalModelArguments(ModelArguments):
+    """Where stage 3 starts: stage 2's output, or a stage-1 model plus a projector file."""
+
+    model_name_or_path: str = field(
+        metadata={
+            "help": "Stage 2's output (a YuRen checkpoint); or, with --projector_path, the stage-1 model "
+            "(a directory or hub id)."
+        }
+    )
+    projector_path: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Stage 2's {PROJECTOR_FILE}: assemble the fused model from the stage-1 model in "
+            "--model_name_or_path and --clip_model, and start the projector from this file."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.projector_path and self.use_lora:
+            raise UsageError(
+                "--use_lora True loads a saved YuRen checkpoint in 4 bits; it cannot start from --projector_path. "
+                "Start from stage 2's output instead"
+            )
+        if self.projector_path and not Path(self.projector_path).is_file():
+            raise UsageError(
+                f"--projector_path {self.projector_path}: no such file (stage 2 writes {PROJECTOR_FILE} into its output)"
+            )
+
+
+@dataclass
+class MultimodalDataArguments(ImageDataArguments):
+    """The image conversations (``--train_file``) plus the stage-1 text conversations mixed in."""
+
+    text_train_file: str | None = field(
+        default=None,
+        metadata={"help": "Stage 1's text conversations (ShareGPT JSON or JSON Lines), trained on alongside."},
+    )
+
+
+@dataclass
+class MultimodalTrainingArguments(SFTTrainingArguments):
+    """``SFTTrainingArguments`` with stage 3's default of 2 epochs."""
+
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Total number of training epochs (default 2)."})
+
+
+def starting_config(model_args: MultimodalModelArguments):
+    """The config of the YuRen checkpoint stage 3 starts from; refuses a LLaMA model without --projector_path."""
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    if not isinstance(config, YuRenConfig):
+        raise UsageError(
+            f"--model_name_or_path {model_args.model_name_or_path} is a {config.model_type!r} model, not a YuRen "
+            f"(image + text) checkpoint: start from stage 2's output, or pass the stage-1 model with "
+            f"--projector_path (stage 2's {PROJECTOR_FILE}) and --clip_model"
+        )
+    return config
+
+
+def build_model(model_args: MultimodalModelArguments, vision_args: VisionTowerArguments, args, tokenizer):
+    """The model to train, with the vision tower frozen."""
+    if model_args.projector_path:
+        model = assemble_fused_model(model_args.model_name_or_path, vision_args, args)
+        load_projector(model, model_args.projector_path)
+    else:
+        # With LoRA, the projector trains whole inside the adapter; the tower is frozen with the rest of the base.
+        model = load_model(model_args, args, tokenizer, modules_to_save=[PROJECTOR])
+    if not model_args.use_lora:
+        model.vision_tower.requires_grad_(False)
+    log_trainable(model)
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the flags, set up data and model, train, save."""
+    model_args, vision_args, data_args, args = parse_args(
+        (MultimodalModelArguments, VisionTowerArguments, MultimodalDataArguments, MultimodalTrainingArguments),
+        argv,
+        prog="python -m yuren_trainer.multimodal_sft",
+    )
+    setup_logging(args)
+    try:
+        check_reporting(args)
+        tokenizer = load_yuren_tokenizer(model_args.model_name_or_path)
+        if model_args.projector_path:
+            image_seq_len = clip_image_seq_len(vision_args.clip_model)
+        else:
+            image_seq_len = starting_config(model_args).image_seq_len
+        train_dataset, eval_dataset = load_image_datasets(
+            data_args, args, tokenizer, image_seq_len=image_seq_len, text_train_file=data_args.text_train_file
+        )
+        set_seed(args.seed)
+        model = build_model(model_args, vision_args, args, tokenizer)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=make_image_collator(data_args, args, tokenizer, model.config),
+            processing_class=tokenizer,
+            callbacks=[CheckpointCompletion()],
+            pad_token_id=special_ids(tokenizer).pad,
+        )
+        train_and_save(trainer, args)
+    except (UsageError, DataError, qlora.QLoRAConfigError) as error:
+        print(f"multimodal_sft: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
