@@ -17,13 +17,18 @@ def test_dataset_records_match_their_images(tmp_path):
         # The most common non-grey colour (grey: the background) is the shape's colour.
         shape_colour = max((c for c in colours if len(set(c[1])) > 1), key=lambda c: c[0])[1]
         assert shape_colour == COLOURS[record["truth"]["colour"]][0]
-        assert record["conversations"][0]["value"].startswith("<image>\n")
+        assert [t["from"] for t in record["conversations"]][-2:] == ["human", "gpt"]
+        assert record["conversations"][-2]["value"].startswith("<image>\n")
     colour_qs = [r for r in conversations if "-colour-" in r["id"]]
     assert len(colour_qs) == 60
     for record in colour_qs:
         lang = record["id"].rsplit("-", 1)[1]
-        assert record["conversations"][1]["value"] == colour_answer(record["truth"]["colour"], lang)
+        assert record["conversations"][-1]["value"] == colour_answer(record["truth"]["colour"], lang)
     assert len({r["truth"]["colour"] for r in captions}) == len(COLOURS)
+    # About half open with the web UI's default system prompt, so the model learns to answer under it.
+    with_system = [r for r in conversations if r["conversations"][0]["from"] == "system"]
+    assert 25 <= len(with_system) <= 65
+    assert all("YuRen" in r["conversations"][0]["value"] for r in with_system)
 
 
 def test_seed_reproduces_and_another_seed_differs(tmp_path):

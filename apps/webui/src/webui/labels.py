@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
+from yuren_core.prompts import default_system_prompt
+
 LANGUAGES = ("zh", "en")
 
 
@@ -15,6 +17,7 @@ LANGUAGES = ("zh", "en")
 class Labels:
     """The UI text of one language."""
 
+    lang: str
     title: str
     intro: str
     demo_banner: str
@@ -33,7 +36,6 @@ class Labels:
     top_p_info: str
     max_new_tokens: str
     repetition_penalty: str
-    system_prompt_template: str
     # Errors and notices.
     error_title: str
     empty_message: str
@@ -53,11 +55,12 @@ class Labels:
     invalid_settings: str
 
     def default_system_prompt(self, today: datetime.date | None = None) -> str:
-        """The default system prompt, dated ``today`` (the current date if not given)."""
-        return self.system_prompt_template.format(date=(today or datetime.date.today()).isoformat())
+        """The default system prompt in this language, dated ``today`` (the current date if not given)."""
+        return default_system_prompt(self.lang, today)
 
 
 ZH = Labels(
+    lang="zh",
     title="羽人 YuRen",
     intro="能看图的多模态对话模型。输入文字，或附上图片后提问；Shift+Enter 换行。",
     demo_banner=(
@@ -79,11 +82,6 @@ ZH = Labels(
     top_p_info="只从累计概率达到 p 的候选词中采样",
     max_new_tokens="最大生成长度（token）",
     repetition_penalty="重复惩罚",
-    system_prompt_template=(
-        "你是羽人（YuRen），一个能看懂图片的多模态人工智能助手。请认真理解用户的问题和图片，"
-        "给出准确、有条理、有帮助的回答；不确定时如实说明，不要编造。需要时使用 Markdown 排版，"
-        "代码放在代码块中。拒绝违法、有害的请求。当前日期：{date}。"
-    ),
     error_title="出错了",
     empty_message="请输入消息或附上图片。",
     text_too_long="消息太长：{length} 个字符，上限是 {limit} 个。",
@@ -106,6 +104,7 @@ ZH = Labels(
 )
 
 EN = Labels(
+    lang="en",
     title="YuRen 羽人",
     intro="A multimodal chat model that reads images. Type a message, or attach images and ask about them; Shift+Enter for a new line.",
     demo_banner=(
@@ -128,12 +127,6 @@ EN = Labels(
     top_p_info="sample only from the most likely tokens that together reach probability p",
     max_new_tokens="Max new tokens",
     repetition_penalty="Repetition penalty",
-    system_prompt_template=(
-        "You are YuRen (羽人), a helpful multimodal AI assistant that can understand images. Read the user's "
-        "question and images carefully and answer accurately, clearly and helpfully; when you are not sure, "
-        "say so instead of making things up. Use Markdown where it helps and put code in code blocks. "
-        "Decline illegal or harmful requests. Current date: {date}."
-    ),
     error_title="Error",
     empty_message="Type a message or attach an image.",
     text_too_long="The message is too long: {length} characters, the limit is {limit}.",

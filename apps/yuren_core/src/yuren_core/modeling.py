@@ -95,9 +95,12 @@ def merge_image_features(
             f"{num_images * patches} image features were supplied; every image must appear in the text as "
             f"<|img_start|> + {patches} x <|img_patch|> + <|img_end|>, one per supplied image"
         )
-    features = image_features.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
-    mask = patch_mask.to(inputs_embeds.device).unsqueeze(-1).expand_as(inputs_embeds)
-    return inputs_embeds.masked_scatter(mask, features.reshape(-1, inputs_embeds.shape[-1]))
+    hidden = inputs_embeds.shape[-1]
+    features = image_features.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype).reshape(-1, hidden)
+    # Copy whole rows by position: masked_scatter over an element mask is as fast forward but its
+    # backward walks the [batch, seq, hidden] mask again (2x slower than a per-sample loop in training).
+    positions = patch_mask.to(inputs_embeds.device).flatten().nonzero().squeeze(1)
+    return inputs_embeds.reshape(-1, hidden).index_copy(0, positions, features).view_as(inputs_embeds)
 
 
 class YuRenForCausalLM(LlamaForCausalLM):

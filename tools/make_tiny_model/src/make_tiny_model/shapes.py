@@ -11,6 +11,7 @@ evaluation needs no parsing of the answer text.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import random
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from yuren_core.prompts import SYSTEM_PROMPT_TEMPLATES, default_system_prompt
 
 # name -> (RGB, Chinese name). Far apart in RGB so the colour is unambiguous at any size.
 COLOURS = {
@@ -91,6 +94,8 @@ def write_dataset(out_dir: Path, *, num_images: int, seed: int, image_size: int 
 
     Each image gets a caption in a random language and three conversations: the
     colour question in Chinese and in English, and the shape question in one.
+    Half the conversations open with the web UI's default system prompt (random
+    language and date), so the model answers the same with or without it.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -121,26 +126,26 @@ def write_dataset(out_dir: Path, *, num_images: int, seed: int, image_size: int 
         lang = rng.choice(("zh", "en"))
         questions.append((SHAPE_QUESTIONS, shape_answer(sample.shape, lang), lang))
         for kind, (asked, answer, lang) in zip(("colour", "colour", "shape"), questions, strict=True):
-            conversations.append(
-                {
-                    "id": f"qa-{seed}-{i}-{kind}-{lang}",
-                    "image": name,
-                    "truth": truth,
-                    "conversations": [
-                        {"from": "human", "value": f"<image>\n{asked[lang]}"},
-                        {"from": "gpt", "value": answer},
-                    ],
-                }
-            )
+            turns = [{"from": "human", "value": f"<image>\n{asked[lang]}"}, {"from": "gpt", "value": answer}]
+            if rng.random() < 0.5:
+                turns.insert(0, {"from": "system", "value": _random_system_prompt(rng)})
+            record = {"id": f"qa-{seed}-{i}-{kind}-{lang}", "image": name, "truth": truth, "conversations": turns}
+            conversations.append(record)
     paths = {"captions": out_dir / "captions.json", "conversations": out_dir / "conversations.json"}
     for key, records in (("captions", captions), ("conversations", conversations)):
         paths[key].write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
     return paths
 
 
+def _random_system_prompt(rng: random.Random) -> str:
+    day = datetime.date(2024, 1, 1) + datetime.timedelta(days=rng.randrange(365 * 6))
+    return default_system_prompt(rng.choice(sorted(SYSTEM_PROMPT_TEMPLATES)), day)
+
+
 def vocabulary_lines() -> list[str]:
     """Every caption, question and answer string, for training a tokenizer that covers them."""
     lines = [*COLOUR_QUESTIONS.values(), *SHAPE_QUESTIONS.values(), *CAPTION_PROMPTS.values()]
+    lines += [default_system_prompt(lang) for lang in SYSTEM_PROMPT_TEMPLATES]
     for colour in COLOURS:
         for shape in SHAPES:
             sample = Sample(None, colour, shape)

@@ -1,0 +1,283 @@
+"""Generation: the web UI's streaming path against upstream's sampling loop, on one small YuRen model.
+
+* ``web UI``: ``webui.engine.ModelBackend.stream``: the prompt rendered by
+  ``yuren_core.chatml``, ``model.generate`` in a worker thread feeding a
+  ``TextIteratorStreamer``, what a browser receives;
+* ``upstream loop``: upstream's way (FastChat's ``generate_stream``, as
+  upstream's web UI used it): a Python loop of single-token forwards on the
+  KV cache, repetition penalty / temperature / top-p applied by hand, and the
+  *whole* answer re-decoded every 2 tokens to stream it.
+
+Both answer the same ~300-token prompt (one image of 256 patch tokens and a
+question) with 256 new tokens, sampling with the web UI's default settings.
+The model is random, so its end-of-turn tokens are given a large negative
+output bias: every answer runs the full 256 tokens. Before timing, both ways
+decode greedily and must produce the same text.
+
+Reported per way (median of ``--repeats`` interleaved runs): time to first
+token (first text the caller receives) and tokens per second over the whole
+answer. A cProfile of each way splits the time per token into the model's
+forward and everything around it (sampling, streaming, ``generate``'s bookkeeping).
+
+    uv run python benchmarks/generation.py            # ~2 minutes on 2 cores
+    uv run python benchmarks/generation.py --smoke    # tiny model, 16 tokens, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import transformers
+from common import build_fused, interleaved, median, print_table, ratio_of_medians, target, write_record
+from PIL import Image
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TextIteratorStreamer,
+    TopPLogitsWarper,
+)
+
+from webui.backend import GenerationParams
+from webui.engine import ModelBackend
+from yuren_core.loading import load_model
+
+QUESTION = "请仔细观察这张图片, 描述画面中的主要物体、它们的颜色和位置, 并说明这张图片可能是在什么场合拍摄的。"
+STREAM_INTERVAL = 2
+
+
+def upstream_stream(model, tokenizer, input_ids: list[int], pixel_values, params: GenerationParams, stop_ids):
+    """Upstream's loop: one forward per token on the KV cache, sampling by hand, re-decoding every 2 tokens."""
+    processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(params.repetition_penalty)])
+    if not params.greedy:
+        processors += [TemperatureLogitsWarper(params.temperature), TopPLogitsWarper(params.top_p)]
+    output_ids = list(input_ids)
+    cache = None
+    token = None
+    for step in range(params.max_new_tokens):
+        if step == 0:
+            out = model(input_ids=torch.tensor([input_ids]), pixel_values=pixel_values, use_cache=True)
+        else:
+            out = model(input_ids=torch.tensor([[token]]), cache=cache, use_cache=True)
+        cache = out.cache
+        logits = processors(torch.tensor([output_ids]), out.logits[:, -1, :])[0]
+        if params.greedy:
+            token = int(logits.argmax())
+        else:
+            token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1))
+        output_ids.append(token)
+        stopped = token in stop_ids
+        if step % STREAM_INTERVAL == 0 or stopped or step == params.max_new_tokens - 1:
+            yield tokenizer.decode(output_ids[len(input_ids) :], skip_special_tokens=True)
+        if stopped:
+            return
+
+
+def suppress_end_of_turn(model, token_ids: list[int]) -> None:
+    """Give the head a bias of -1e4 on ``token_ids``, so a random model's answers run to ``max_new_tokens``."""
+    head = model.get_output_embeddings()
+    bias = torch.zeros(head.out_features, dtype=head.weight.dtype)
+    bias[token_ids] = -1e4
+    head.bias = torch.nn.Parameter(bias, requires_grad=False)
+
+
+def consume(pieces: Iterator[str], *, cumulative: bool) -> dict[str, float | str]:
+    """Drain a stream; seconds to its first non-empty piece and to its end, and the final text.
+
+    A ``cumulative`` stream yields the whole answer so far each time (upstream's); otherwise new text only.
+    """
+    start = time.perf_counter()
+    first = None
+    text = ""
+    for piece in pieces:
+        if first is None and piece:
+            first = time.perf_counter() - start
+        text = piece if cumulative else text + piece
+    return {"ttft": first if first is not None else float("nan"), "total": time.perf_counter() - start, "text": text}
+
+
+def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
+    """cProfile ``run()`` (calling thread only): time in the model's forward against everything around it.
+
+    Returns the ms per new token inside ``YuRenForCausalLM.forward`` and outside it, and the Python
+    functions outside the model with the most own time (ms per token).
+    """
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run()
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    total = sum(entry[2] for entry in stats.values())
+    model = sum(
+        entry[3]
+        for (file, _, name), entry in stats.items()
+        if file.endswith("yuren_core/modeling.py") and name == "forward"
+    )
+    inside_model = ("torch/nn/", "models/llama/", "yuren_core/modeling.py", "transformers/integrations/", "cache_utils")
+    outside = sorted(
+        (
+            (f"{Path(file).parent.name}/{Path(file).name}:{name}", entry[2])
+            for (file, _, name), entry in stats.items()
+            if file != "~" and not any(part in file for part in inside_model)
+        ),
+        key=lambda item: -item[1],
+    )
+    per_token = 1e3 / new_tokens
+    return {
+        "ms_per_token_in_model_forward": round(model * per_token, 3),
+        "ms_per_token_outside_model_forward": round((total - model) * per_token, 3),
+        "top_python_outside_model_ms_per_token": {key: round(s * per_token, 4) for key, s in outside[:limit]},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--intermediate", type=int, default=1376)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 16 tokens: proves the script runs")
+    parser.add_argument("--output", type=Path, help="JSON file to write (default benchmarks/results/generation.json)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.new_tokens, args.hidden, args.intermediate, args.layers, args.heads, args.repeats = 16, 32, 64, 1, 2, 2
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory(prefix="yuren-generation-") as workdir:
+        checkpoint = build_fused(
+            Path(workdir),
+            hidden_size=args.hidden,
+            intermediate_size=args.intermediate,
+            num_layers=args.layers,
+            num_heads=args.heads,
+        )
+        model, tokenizer, image_processor = load_model(checkpoint)
+    backend = ModelBackend(model, tokenizer, image_processor)
+    suppress_end_of_turn(model, backend.eos_token_id)
+
+    image = backend.prepare_image(Image.new("RGB", (640, 480), (200, 120, 40)))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    sampling = GenerationParams(max_new_tokens=args.new_tokens)
+    greedy = GenerationParams(max_new_tokens=args.new_tokens, temperature=0.0)
+    prompt = backend.build_prompt(messages, [image], args.new_tokens)
+    pixel_values = torch.stack(prompt.images)
+
+    def web_ui(params):
+        return lambda: consume(backend.stream(messages, [image], params, threading.Event()), cumulative=False)
+
+    def upstream(params):
+        def run():
+            # The prompt is rendered inside the timing, as the web UI path does (same renderer, same cost).
+            rendered = backend.build_prompt(messages, [image], params.max_new_tokens)
+            pixels = torch.stack(rendered.images)
+            with torch.inference_mode():
+                return consume(
+                    upstream_stream(model, tokenizer, rendered.input_ids, pixels, params, backend.eos_token_id),
+                    cumulative=True,
+                )
+
+        return run
+
+    if web_ui(greedy)()["text"] != upstream(greedy)()["text"]:
+        raise AssertionError("greedy answers differ between the web UI path and upstream's loop")
+
+    ways = {"upstream loop": upstream(sampling), "web UI (ModelBackend.stream)": web_ui(sampling)}
+    outcomes: dict[str, list[dict]] = {name: [] for name in ways}
+
+    def recorded(name):
+        def run():
+            outcomes[name].append(ways[name]())
+
+        return run
+
+    interleaved({name: recorded(name) for name in ways}, args.repeats)
+    summary = {}
+    for name, runs in outcomes.items():
+        runs = runs[1:]  # the warm-up run
+        summary[name] = {
+            "ttft_ms": median([r["ttft"] for r in runs]) * 1e3,
+            "tokens_per_s": median([args.new_tokens / r["total"] for r in runs]),
+            "total_s": median([r["total"] for r in runs]),
+        }
+    upstream_name, web_name = ways
+    speedup = summary[web_name]["tokens_per_s"] / summary[upstream_name]["tokens_per_s"]
+    ttft_ratio = ratio_of_medians(
+        [r["ttft"] for r in outcomes[upstream_name][1:]], [r["ttft"] for r in outcomes[web_name][1:]]
+    )
+    print_table(
+        f"Generation: {len(prompt.input_ids)}-token prompt with one image, {args.new_tokens} new tokens, "
+        f"{args.layers} layers x {args.hidden} hidden; median of {args.repeats}",
+        ["way", "TTFT ms", "tok/s", "speedup (tok/s)"],
+        [
+            [name, s["ttft_ms"], s["tokens_per_s"], s["tokens_per_s"] / summary[upstream_name]["tokens_per_s"]]
+            for name, s in summary.items()
+        ],
+    )
+
+    def generate_in_this_thread():
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        input_ids = torch.tensor([prompt.input_ids])
+        with torch.inference_mode():
+            model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                pixel_values=pixel_values,
+                streamer=streamer,
+                **backend.generation_kwargs(sampling),
+            )
+
+    profiles = {
+        upstream_name: where_time_goes(upstream(sampling), args.new_tokens),
+        web_name: where_time_goes(generate_in_this_thread, args.new_tokens),
+    }
+    print_table(
+        "Where the time goes (cProfile, calling thread; the web UI path profiled as its generate call)",
+        ["way", "ms/token in model forward", "ms/token outside it", "top Python outside the model (ms/token)"],
+        [
+            [
+                name,
+                p["ms_per_token_in_model_forward"],
+                p["ms_per_token_outside_model_forward"],
+                ", ".join(f"{k} {v}" for k, v in list(p["top_python_outside_model_ms_per_token"].items())[:3]),
+            ]
+            for name, p in profiles.items()
+        ],
+    )
+
+    results = {
+        "prompt_tokens": len(prompt.input_ids),
+        "new_tokens": args.new_tokens,
+        "ways": {name: {k: round(v, 3) for k, v in s.items()} for name, s in summary.items()},
+        "speedup_tokens_per_s": round(speedup, 3),
+        "ttft_ratio_upstream_over_web_ui": round(ttft_ratio, 3),
+        "greedy_outputs_identical": True,
+        "profiles": profiles,
+        "targets": [target("web UI tokens/s >= 1.2x upstream loop", speedup, 1.2)],
+    }
+    settings = {
+        "hidden": args.hidden,
+        "intermediate": args.intermediate,
+        "layers": args.layers,
+        "heads": args.heads,
+        "image_patches": model.config.image_seq_len,
+        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "repetition_penalty": 1.1},
+        "repeats": args.repeats,
+        "smoke": args.smoke,
+    }
+    write_record("generation", args.output, settings, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The benchmark scripts run (tiny ``--smoke`` sizes) and measure what they claim to."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def test_segment_attention_keeps_conversations_apart(benchmarks_on_path):
+    from segment_attention import register
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(register())
+    lengths = [30, 20, 14]
+    input_ids = torch.randint(0, 300, (2, sum(lengths)))
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).expand(2, -1)
+    with torch.no_grad():
+        # use_cache left on: the segments come from the position ids alone, cache or not.
+        packed = model(input_ids=input_ids, position_ids=position_ids).logits
+        start = 0
+        for n in lengths:
+            alone = model(input_ids=input_ids[:, start : start + n]).logits
+            torch.testing.assert_close(packed[:, start : start + n], alone)
+            start += n
+        # A padded batch goes to plain sdpa.
+        attention_mask = torch.ones_like(input_ids)
+        attention_mask[1, 50:] = 0
+        segmented = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        model.set_attn_implementation("sdpa")
+        reference = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(segmented[0], reference[0])
+    torch.testing.assert_close(segmented[1, :50], reference[1, :50])
+
+
+def test_splice_benchmark_checks_identical_outputs(run_benchmark):
+    record = run_benchmark("splice", "--smoke")
+    results = record["results"]
+    assert results["identical_outputs_and_gradients"] is True
+    assert set(results["forward"]["speedup"]) == {
+        "per-sample loop (upstream)", "index_copy (YuRen)", "masked_scatter (YuRen before)",
+    }  # fmt: skip
+    assert record["machine"]["torch"] == torch.__version__ and record["command"].startswith("python benchmarks/")
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_runs_every_section(run_benchmark):
+    record = run_benchmark("gpu", "--smoke")
+    assert {name: s["ok"] for name, s in record["sections"].items()} == {"decode": True, "training": True, "int8": True}
+    decode = record["decode"]
+    assert decode["eager"]["new_tokens"] == decode["static_compiled"]["new_tokens"] == 8
+    ways = record["training"]["ways"]
+    real = {way["real_tokens"] for way in ways.values()}
+    assert len(real) == 1, "packed and padded steps must train on the same conversations"
+    padded = ways["padded, one conversation per row"]
+    assert padded["computed_tokens"] > padded["real_tokens"]
+    assert record["int8"]["decode"]["new_tokens"] == 4
+
+
+@pytest.mark.slow
+def test_training_benchmark_smoke(run_benchmark):
+    record = run_benchmark("training", "--smoke")
+    for ways in record["results"]["batch_sizes"].values():
+        supervised = {way["supervised_tokens_per_epoch"] for way in ways.values()}
+        assert len(supervised) == 1, "every way must train on the same supervised tokens"
+        packed = ways["packed, per-conversation attn (proposed)"]
+        assert packed["real_share"] > ways["padded, random order"]["real_share"]
+        assert all(way["supervised_tokens_per_s"] > 0 for way in ways.values())
+
+
+@pytest.mark.slow
+def test_generation_benchmark_smoke(run_benchmark):
+    results = run_benchmark("generation", "--smoke")["results"]
+    assert results["greedy_outputs_identical"] is True
+    assert results["prompt_tokens"] > 256  # one image of 256 patch tokens plus the text
+    assert all(way["tokens_per_s"] > 0 for way in results["ways"].values())
+    for profile in results["profiles"].values():
+        assert profile["ms_per_token_in_model_forward"] > 0 and profile["top_python_outside_model_ms_per_token"]
+
+
+@pytest.mark.slow
+def test_memory_benchmark_smoke(run_benchmark):
+    results = run_benchmark("memory", "--smoke")["results"]
+    footprint = {load: runs[0]["footprint"] for load, runs in results["runs"].items()}
+    assert footprint["8bit"] < footprint["bf16"] and footprint["8bit-saved"] == footprint["8bit"]
+    assert all(runs[0]["peak_rss"] >= runs[0]["rss_before_load"] > 0 for runs in results["runs"].values())
