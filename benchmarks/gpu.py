@@ -17,7 +17,7 @@ finishes (a failing section records its error and the rest still run):
     one training step (forward, backward, fused AdamW on bf16 weights) of the
     text model with the 7B layer shapes, truncated to the depth that fits,
     on rows of 2048 tokens: stage 1's packing (``yuren_trainer``) with
-    per-conversation attention (``segment_attention.py``: FlashAttention varlen),
+    per-conversation attention (``yuren_trainer.segment_attention``: FlashAttention varlen),
     the same rows with transformers' dense block mask, and the same
     conversations padded one per row. Conversation lengths are drawn from a
     fixed log-normal (median ~700 tokens). Real (non-padding) tokens/s and MFU
@@ -47,7 +47,6 @@ import open_clip
 import torch
 import transformers
 from common import RESULTS, machine
-from segment_attention import register as register_segment_attention
 from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
@@ -55,6 +54,7 @@ from yuren_core.loading import load_model
 from yuren_core.modeling import YuRenConfig, YuRenForCausalLM
 from yuren_trainer.collator import PackedCollator, PaddingCollator
 from yuren_trainer.packing import pack_rows
+from yuren_trainer.segment_attention import register as register_segment_attention
 
 # Device-name substring -> (HBM bandwidth in bytes/s, dense bf16 peak in FLOP/s), most specific first.
 GPU_SPECS = {

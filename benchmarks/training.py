@@ -4,7 +4,7 @@ Same model, same data, same run. The ways batches are made:
 
 * ``packed, per-conversation attn``: stage 1's packing (``yuren_trainer.packing.pack_rows``
   + ``PackedCollator``) with attention computed per conversation
-  (``segment_attention.py``, proposed for ``yuren_trainer``);
+  (``yuren_trainer.segment_attention``, what ``--packing`` uses);
 * ``packed, dense mask``: the same batches with transformers' ``sdpa``, which
   turns the per-conversation position ids into a dense block-diagonal mask
   over each whole row (what stage 1 does today);
@@ -44,7 +44,6 @@ from pathlib import Path
 import torch
 import transformers
 from common import PROJECT_DATA, build_prepared_base, default_data, print_table, target, write_record
-from segment_attention import register as register_segment_attention
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -53,6 +52,7 @@ from yuren_core.vocab import load_tokenizer, special_ids
 from yuren_trainer.collator import PackedCollator, PaddingCollator
 from yuren_trainer.data import read_conversations, tokenize
 from yuren_trainer.packing import pack_rows
+from yuren_trainer.segment_attention import register as register_segment_attention
 
 PACKED = "packed, per-conversation attn (proposed)"
 PACKED_DENSE = "packed, dense mask (stage 1 today)"

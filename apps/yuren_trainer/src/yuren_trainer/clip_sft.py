@@ -41,6 +41,7 @@ from .multimodal import (
     train_only,
 )
 from .recipe import check_reporting, logger, setup_logging, train_and_save
+from .segment_attention import use_for_packing
 from .trainer import SFTTrainer
 
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset, eval_dataset = load_image_datasets(data_args, args, tokenizer, image_seq_len=image_seq_len)
         set_seed(args.seed)
         model = assemble_fused_model(model_args.model_name_or_path, vision_args, args)
+        if data_args.packing:
+            use_for_packing(model)
         train_only(model, (f"{PROJECTOR}.",))
         trainer = SFTTrainer(
             model=model,

@@ -47,6 +47,7 @@ from .multimodal import (
     make_image_collator,
 )
 from .recipe import check_reporting, setup_logging, train_and_save
+from .segment_attention import use_for_packing
 from .text_sft import load_model
 from .trainer import SFTTrainer
 
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         set_seed(args.seed)
         model = build_model(model_args, vision_args, args, tokenizer)
+        if data_args.packing:
+            use_for_packing(model)
         trainer = SFTTrainer(
             model=model,
             args=args,

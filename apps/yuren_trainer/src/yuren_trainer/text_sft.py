@@ -28,6 +28,7 @@ from .arguments import DataArguments, ModelArguments, SFTTrainingArguments, Usag
 from .checkpoints import CheckpointCompletion
 from .data import DataError
 from .recipe import check_reporting, load_datasets, make_collator, setup_logging, train_and_save
+from .segment_attention import use_for_packing
 from .trainer import SFTTrainer
 
 
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = load_tokenizer(model_args.model_name_or_path)
         train_dataset, eval_dataset = load_datasets(data_args, args, tokenizer)
         model = load_model(model_args, args, tokenizer)
+        if data_args.packing:
+            use_for_packing(model)
         pad_token_id = special_ids(tokenizer).pad
         trainer = SFTTrainer(
             model=model,

@@ -1,7 +1,7 @@
 """Attention that stays inside each packed conversation without computing the masked-out part.
 
-Proposed for ``yuren_trainer`` (see ``benchmarks/README.md``): packed rows
-carry per-conversation ``position_ids`` and no ``attention_mask``. With
+``--packing True`` turns it on (see ``benchmarks/README.md`` for what it buys):
+packed rows carry per-conversation ``position_ids`` and no ``attention_mask``. With
 ``sdpa``, transformers turns that into a dense block-diagonal mask over the
 whole row, and the kernel computes every score of the row x row square only to
 mask most of it out: on a 4096-token row of ~1000-token conversations that is
@@ -133,3 +133,8 @@ def register() -> str:
     AttentionInterface.register(SEGMENT_ATTENTION, segment_attention_forward)
     AttentionMaskInterface.register(SEGMENT_ATTENTION, _segment_mask)
     return SEGMENT_ATTENTION
+
+
+def use_for_packing(model) -> None:
+    """Switch ``model`` to per-conversation attention (for training only: saved configs do not record it)."""
+    model.set_attn_implementation(register())
