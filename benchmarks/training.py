@@ -54,8 +54,8 @@ from yuren_trainer.data import read_conversations, tokenize
 from yuren_trainer.packing import pack_rows
 from yuren_trainer.segment_attention import register as register_segment_attention
 
-PACKED = "packed, per-conversation attn (proposed)"
-PACKED_DENSE = "packed, dense mask (stage 1 today)"
+PACKED = "packed, per-conversation attn (YuRen --packing)"
+PACKED_DENSE = "packed, dense mask (before)"
 UPSTREAM = "upstream: group_by_length"
 RANDOM = "padded, random order"
 

@@ -36,7 +36,7 @@ def test_training_benchmark_smoke(run_benchmark):
     for ways in record["results"]["batch_sizes"].values():
         supervised = {way["supervised_tokens_per_epoch"] for way in ways.values()}
         assert len(supervised) == 1, "every way must train on the same supervised tokens"
-        packed = ways["packed, per-conversation attn (proposed)"]
+        packed = ways["packed, per-conversation attn (YuRen --packing)"]
         assert packed["real_share"] > ways["padded, random order"]["real_share"]
         assert all(way["supervised_tokens_per_s"] > 0 for way in ways.values())
 
