@@ -65,7 +65,8 @@ ZH = Labels(
     intro="能看图的多模态对话模型。输入文字，或附上图片后提问；Shift+Enter 换行。",
     demo_banner=(
         "⚠️ **这是内置的小型演示模型**：参数极少，只用本项目自带的少量数据训练过，"
-        "用来演示界面和流程，回答没有实际意义。要使用真正的模型，请运行 `webui 模型目录或 Hub ID`。"
+        "用来演示界面和流程：它能说出合成图片（`make-shapes-data`）里形状的颜色，其他回答没有实际意义。"
+        "要使用真正的模型，请运行 `webui 模型目录或 Hub ID`。"
     ),
     model_line="当前模型：`{name}`",
     chatbot="对话",
@@ -109,7 +110,8 @@ EN = Labels(
     intro="A multimodal chat model that reads images. Type a message, or attach images and ask about them; Shift+Enter for a new line.",
     demo_banner=(
         "⚠️ **This is the small built-in demo model**: a tiny network trained only on this project's small "
-        "sample data, there to demonstrate the interface and the pipeline; its answers mean nothing. "
+        "sample data, there to demonstrate the interface and the pipeline: it names the colour of the shape in a "
+        "synthetic image (`make-shapes-data`); its other answers mean nothing. "
         "To chat with a real model run `webui MODEL_DIR_OR_HUB_ID`."
     ),
     model_line="Model: `{name}`",
