@@ -33,9 +33,9 @@ from yuren_core.vision import DEFAULT_MAX_PIXELS, ImageProcessor, num_patches
 from yuren_core.vocab import load_tokenizer, special_ids
 
 from .arguments import DataArguments, UsageError
-from .data import load_sft_dataset, read_conversations
+from .data import read_conversations
 from .images import FolderImageLoader, ImageInEveryBatch, check_images
-from .recipe import load_datasets, make_collator
+from .recipe import load_data_file, load_datasets, make_collator
 from .text_sft import compute_dtype
 
 logger = logging.getLogger("yuren_trainer")
@@ -129,16 +129,7 @@ def load_image_datasets(
     check_data_images(files, data_args, args)
     train, validation = load_datasets(data_args, args, tokenizer, image_seq_len=image_seq_len)
     if text_train_file:
-        with args.main_process_first(desc=f"tokenizing {text_train_file}"):
-            text, stats = load_sft_dataset(
-                text_train_file,
-                tokenizer,
-                max_length=data_args.model_max_length,
-                packing=data_args.packing,
-                image_seq_len=image_seq_len,
-                cache_dir=data_args.data_cache_dir,
-            )
-        logger.info("%s", stats.describe(f"text data {text_train_file}"))
+        text = load_data_file("text", text_train_file, data_args, args, tokenizer, image_seq_len=image_seq_len)
         train = datasets.concatenate_datasets([train, text])
     return train, validation
 

@@ -62,23 +62,28 @@ def load_datasets(
     """
     if args.eval_strategy != "no" and not data_args.validation_file:
         raise UsageError(f"--eval_strategy {args.eval_strategy} needs --validation_file")
-    loaded = {}
-    for name, path in (("train", data_args.train_file), ("validation", data_args.validation_file)):
-        if path is None:
-            loaded[name] = None
-            continue
-        with args.main_process_first(desc=f"tokenizing {path}"):
-            dataset, stats = load_sft_dataset(
-                path,
-                tokenizer,
-                max_length=data_args.model_max_length,
-                packing=data_args.packing,
-                image_seq_len=image_seq_len,
-                cache_dir=data_args.data_cache_dir,
-            )
-        _log_stats(name, path, stats, dataset, data_args)
-        loaded[name] = dataset
-    return loaded["train"], loaded["validation"]
+    train = load_data_file("train", data_args.train_file, data_args, args, tokenizer, image_seq_len=image_seq_len)
+    validation = None
+    if data_args.validation_file:
+        validation = load_data_file(
+            "validation", data_args.validation_file, data_args, args, tokenizer, image_seq_len=image_seq_len
+        )
+    return train, validation
+
+
+def load_data_file(name: str, path: str, data_args: DataArguments, args, tokenizer, *, image_seq_len: int | None):
+    """One tokenized data file, through the cache (the main process fills it first), with its stats logged."""
+    with args.main_process_first(desc=f"tokenizing {path}"):
+        dataset, stats = load_sft_dataset(
+            path,
+            tokenizer,
+            max_length=data_args.model_max_length,
+            packing=data_args.packing,
+            image_seq_len=image_seq_len,
+            cache_dir=data_args.data_cache_dir,
+        )
+    _log_stats(name, path, stats, dataset, data_args)
+    return dataset
 
 
 def _log_stats(name: str, path: str, stats: TokenizeStats, dataset, data_args: DataArguments) -> None:
