@@ -32,11 +32,18 @@ class _Collator:
         self.image_loader = image_loader
         self.pad_to_multiple_of = pad_to_multiple_of
 
-    def _padded_length(self, rows: Sequence[Mapping]) -> int:
+    def _padded_ids_and_labels(self, rows: Sequence[Mapping]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` and ``labels`` of ``rows``, right-padded to one length (pad id / ``IGNORE_INDEX``)."""
         length = max(len(row["input_ids"]) for row in rows)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        return length
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
+            labels[i, :n] = torch.as_tensor(row["labels"])
+        return input_ids, labels
 
     def _add_images(self, batch: dict, rows: Sequence[Mapping]) -> dict:
         paths = [path for row in rows for path in row.get("images") or ()]
@@ -55,15 +62,10 @@ class PaddingCollator(_Collator):
     """Right-pad each row (one conversation) to the longest in the batch; labels padded with ``IGNORE_INDEX``."""
 
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        length = self._padded_length(rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        input_ids, labels = self._padded_ids_and_labels(rows)
+        attention_mask = torch.zeros_like(input_ids)
         for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
-            labels[i, :n] = torch.as_tensor(row["labels"])
-            attention_mask[i, :n] = 1
+            attention_mask[i, : len(row["input_ids"])] = 1
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         return self._add_images(batch, rows)
 
@@ -76,17 +78,14 @@ class PackedCollator(_Collator):
     """
 
     def __call__(self, rows: Sequence[Mapping]) -> dict:
-        length = self._padded_length(rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        input_ids, labels = self._padded_ids_and_labels(rows)
+        length = input_ids.shape[1]
+        position_ids = torch.zeros_like(input_ids)
         for i, row in enumerate(rows):
             n = len(row["input_ids"])
             seq_lengths = list(row.get("seq_lengths") or [n])
             if sum(seq_lengths) != n:
                 raise ValueError(f"row {i}: seq_lengths {seq_lengths} do not add up to its {n} tokens")
-            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
-            labels[i, :n] = torch.as_tensor(row["labels"])
             if length > n:
                 seq_lengths.append(length - n)
             position_ids[i] = torch.cat([torch.arange(k) for k in seq_lengths])
