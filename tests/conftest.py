@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-PROJECT_DATA = REPO / "data" / "sft_sample.json"
-# Upstream's 300-conversation sample; present on developer and CI machines, never committed.
-UPSTREAM_SAMPLE = REPO.parent / "shared" / "data" / "sft.dev.json"
-
-
-def load_sharegpt(path: Path) -> list[dict]:
-    """Records of a ShareGPT JSON list, without the ``__comment__`` record."""
-    return [r for r in json.loads(path.read_text(encoding="utf-8")) if "__comment__" not in r]
+from repo_helpers import PROJECT_DATA, UPSTREAM_SAMPLE, load_sharegpt
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +23,7 @@ def upstream_conversations() -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """``make-tiny-model`` output: ``base/`` (tiny LLaMA) and ``clip/`` (tiny open_clip ViT)."""
-    from make_tiny_model.__main__ import main
+    from make_tiny_model.tiny_model import main
 
     out = tmp_path_factory.mktemp("tiny")
     main(["--output", str(out)])
@@ -43,7 +33,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_base(tiny_dir, tmp_path_factory) -> Path:
     """The tiny base after ``prepare-base-model``: extended vocabulary, LLaMA weights."""
-    from prepare_base_model.__main__ import prepare
+    from prepare_base_model.prepare import prepare
 
     return prepare(str(tiny_dir / "base"), tmp_path_factory.mktemp("prepared") / "base")
 

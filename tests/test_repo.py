@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from repo_helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ROOT = tomllib.loads((REPO / "pyproject.toml").read_text())
 MEMBERS = [REPO / m for m in ROOT["tool"]["uv"]["workspace"]["members"]]
 WORKSPACE = {canonicalize_name(tomllib.loads((m / "pyproject.toml").read_text())["project"]["name"]) for m in MEMBERS}

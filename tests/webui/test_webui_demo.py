@@ -1,81 +1,54 @@
-"""The demo model's cache: built once, whole or not at all, rebuilt when the recipe changes.
-
-Training itself is ``make_tiny_model.pipeline.train_tiny_yuren``, whose result
-the trainer tests check (it names the colour of unseen shapes); here a stand-in
-with the same signature writes a small fake stage-3 output.
-"""
+"""The web UI gets its demo model from the tools' ``make-demo-model`` command, or says what to run without it."""
 
 from __future__ import annotations
 
-import inspect
-import json
+import os
+import stat
+import sys
 from pathlib import Path
 
 import pytest
 
-from make_tiny_model.pipeline import STEPS, TinyRecipe, TinyRun, train_tiny_yuren
 from webui import demo
+
+PYTHON = sys.executable
+
+
+def write_command(folder: Path, body: str) -> Path:
+    """An executable ``make-demo-model`` stand-in in ``folder`` running the Python ``body``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / demo.COMMAND
+    script.write_text(f"#!{PYTHON}\nimport sys\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
 
 
 @pytest.fixture
-def builds(monkeypatch):
-    """Replace the training with a fake; the list records each build's recipe key (and can make it fail)."""
-    calls: list = []
-
-    def fake_train(work_dir, recipe, *, progress=None, show_training_bars=False):
-        inspect.signature(train_tiny_yuren).bind(work_dir, recipe, progress=progress)
-        for index, name in enumerate(STEPS):
-            progress(index, name)
-            print(f"training output of {name}")
-        if calls and calls[-1] == "fail next":
-            calls.pop()
-            raise RuntimeError("training interrupted")
-        run = TinyRun(Path(work_dir))
-        run.stage3.mkdir(parents=True)
-        (run.stage3 / "config.json").write_text(json.dumps({"model_type": "yuren", "recipe": recipe.key()}))
-        (run.stage3 / "trainer_state.json").write_text("{}")
-        (run.stage3 / "checkpoint-10").mkdir()
-        calls.append(recipe.key())
-        return run
-
-    monkeypatch.setattr(demo, "train_tiny_yuren", fake_train)
-    return calls
+def only_path(monkeypatch, tmp_path):
+    """Look for the command only in ``tmp_path/bin`` (not beside this Python, where the real one is installed)."""
+    monkeypatch.setattr(demo.sys, "executable", str(tmp_path / "no-env" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    return tmp_path / "bin"
 
 
-def test_the_first_start_builds_and_later_starts_reuse_it(builds, tmp_path, capsys):
-    model = demo.ensure_demo_model(tmp_path / "cache")
-    assert json.loads((model / "config.json").read_text())["recipe"] == demo.RECIPE.key()
-    assert demo.RECIPE.key() in model.name
-    # Only what serving needs is kept; the build's work files are gone.
-    assert sorted(p.name for p in model.iterdir()) == ["config.json"]
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [demo.BUILD_LOG, model.name]
-    # One progress bar on the console; the stages' own output goes to the build log.
-    console = capsys.readouterr()
-    assert "demo model" in console.err and "training output" not in console.out + console.err
-    assert "training output of stage 3: multimodal SFT" in (tmp_path / "cache" / demo.BUILD_LOG).read_text()
-
-    assert demo.ensure_demo_model(tmp_path / "cache") == model
-    assert builds == [demo.RECIPE.key()]
+def test_the_demo_model_is_the_directory_the_command_prints_last(only_path, tmp_path):
+    write_command(only_path, "print('building...')\nprint(sys.argv[sys.argv.index('--cache-dir') + 1] + '/model-x')")
+    assert demo.ensure_demo_model(tmp_path / "cache") == tmp_path / "cache" / "model-x"
 
 
-def test_an_interrupted_build_leaves_nothing_that_looks_finished(builds, tmp_path):
-    builds.append("fail next")
-    with pytest.raises(RuntimeError, match="interrupted"):
+def test_a_failed_build_says_so(only_path, tmp_path):
+    write_command(only_path, "sys.exit(3)")
+    with pytest.raises(demo.DemoUnavailable, match="exit status 3"):
         demo.ensure_demo_model(tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [demo.BUILD_LOG]
-    model = demo.ensure_demo_model(tmp_path / "cache")
-    assert (model / "config.json").is_file()
 
 
-def test_a_changed_recipe_builds_a_new_model_and_drops_the_old(builds, tmp_path, monkeypatch):
-    old = demo.ensure_demo_model(tmp_path / "cache")
-    monkeypatch.setattr(demo, "RECIPE", TinyRecipe(train_images=demo.RECIPE.train_images + 1))
-    new = demo.ensure_demo_model(tmp_path / "cache")
-    assert new != old and not old.exists()
-    assert builds == [TinyRecipe().key(), demo.RECIPE.key()]
+def test_without_the_tools_it_says_what_to_run(only_path, tmp_path):
+    with pytest.raises(demo.DemoUnavailable, match="uv run webui.*--model") as error:
+        demo.ensure_demo_model(tmp_path / "cache")
+    assert "make-tiny-model" in str(error.value)
 
 
-def test_recipe_keys_follow_every_setting():
-    assert TinyRecipe().key() == TinyRecipe().key()
-    assert TinyRecipe(seed=1).key() != TinyRecipe().key()
-    assert TinyRecipe(model_flags=("--hidden-size", "96")).key() != TinyRecipe().key()
+def test_the_workspace_installs_the_command_beside_python():
+    found = demo.find_command()
+    assert found is not None and Path(found).parent == Path(PYTHON).parent
+    assert os.access(found, os.X_OK)

@@ -13,18 +13,13 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from repo_helpers import free_port
 
 from webui.app import Defaults, Limits, build_app
 from webui.engine import ModelBackend
 from webui.server import serve
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch(app, **settings) -> str:

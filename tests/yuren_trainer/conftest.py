@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainer_helpers import MEMORY_CONVERSATIONS, PROJECT_DATA, write_json
+from repo_helpers import PROJECT_DATA
+from trainer_helpers import MEMORY_CONVERSATIONS, write_json
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def qlora_base(tmp_path_factory) -> Path:
     width fails; the real 7B model's widths all qualify.
     """
     from make_tiny_model.llm import build_tiny_base, corpus_lines
-    from prepare_base_model.__main__ import prepare
+    from prepare_base_model.prepare import prepare
 
     raw = build_tiny_base(tmp_path_factory.mktemp("qlora-raw"), corpus_lines([PROJECT_DATA]), intermediate_size=192)
     return prepare(str(raw), tmp_path_factory.mktemp("qlora") / "base")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainer_helpers import REPO
+from repo_helpers import REPO
 from transformers.trainer_utils import IntervalStrategy
 
 from yuren_trainer import arguments
 from yuren_trainer.arguments import DataArguments, ModelArguments, SFTTrainingArguments, UsageError, parse_args
-from yuren_trainer.recipe import check_reporting
+from yuren_trainer.stage import check_reporting
 
 DATACLASSES = (ModelArguments, DataArguments, SFTTrainingArguments)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from trainer_helpers import MEMORY_CONVERSATIONS, UPSTREAM_SAMPLE, write_json
+from repo_helpers import UPSTREAM_SAMPLE
+from trainer_helpers import MEMORY_CONVERSATIONS, write_json
 
 from yuren_core.chatml import render
 from yuren_core.constants import IGNORE_INDEX

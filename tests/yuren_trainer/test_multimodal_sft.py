@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from repo_helpers import PROJECT_DATA, REPO, free_port
 from safetensors.torch import load_file
-from trainer_helpers import CPU_FLAGS, PROJECT_DATA, REPO, trainer_state, write_json
+from trainer_helpers import CPU_FLAGS, trainer_state, write_json
 
 from make_tiny_model.pipeline import colour_accuracy
 from make_tiny_model.shapes import COLOURS
@@ -74,7 +74,7 @@ def test_stage3_from_a_stage1_model_and_projector_file_starts_where_stage2_ended
 
 
 def test_stage3_with_lora_trains_adapter_projector_and_new_tokens_and_merges(tiny_pipeline, tmp_path):
-    from merge_lora.__main__ import merge
+    from merge_lora.merge import merge
     from yuren_core.loading import load_model
     from yuren_trainer.multimodal_sft import main
 
@@ -102,12 +102,6 @@ def test_stage3_with_lora_trains_adapter_projector_and_new_tokens_and_merges(tin
     assert not torch.equal(
         merged_state["model.layers.0.self_attn.q_proj.weight"], stage2["model.layers.0.self_attn.q_proj.weight"]
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_zero3_on_two_ranks_completes_when_one_rank_only_ever_gets_text(tiny_pipeline, tmp_path):

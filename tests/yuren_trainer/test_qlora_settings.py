@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from trainer_helpers import REPO
+from repo_helpers import REPO
 
 from yuren_trainer.qlora import QLoRAConfigError, new_token_ids, quantization_config, read_settings
 

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 import torch
+from repo_helpers import PROJECT_DATA
 from safetensors.torch import load_file
-from trainer_helpers import MEMORY_CONVERSATIONS, PROJECT_DATA, run_text_sft, trainer_state, write_json
+from trainer_helpers import MEMORY_CONVERSATIONS, run_text_sft, trainer_state, write_json
 
 from yuren_core.chatml import render
 from yuren_trainer.checkpoints import COMPLETE_MARKER

@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from repo_helpers import PROJECT_DATA, REPO, free_port
 from safetensors.torch import load_file
-from trainer_helpers import PROJECT_DATA, REPO, trainer_state, write_json
+from trainer_helpers import trainer_state, write_json
 
 from yuren_trainer.checkpoints import COMPLETE_MARKER, is_complete
 from yuren_trainer.qlora import QLoRASettings
@@ -60,12 +60,6 @@ def upstream_command(line: str, nproc: int, changes: dict[str, str]) -> list[str
         words[words.index(flag) + 1] = value  # every changed flag is one upstream already passes
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     return [torchrun, f"--nproc_per_node={nproc}", f"--master_port={free_port()}", *words[2:]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

@@ -1,16 +1,14 @@
-"""Helpers shared by the trainer tests: paths, flags, small conversation sets, in-process runs."""
+"""Helpers shared by the trainer tests: flags, small conversation sets, in-process runs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-PROJECT_DATA = REPO / "data" / "sft_sample.json"
-UPSTREAM_SAMPLE = REPO.parent / "shared" / "data" / "sft.dev.json"
+from make_tiny_model.pipeline import CPU_FLAGS as PIPELINE_CPU_FLAGS
 
-# Flags every CPU run of text_sft needs: no GPU precision, no wandb account.
-CPU_FLAGS = ["--bf16", "False", "--tf32", "False", "--report_to", "none", "--disable_tqdm", "True"]
+# The flags every CPU run needs (no GPU precision, no logging service), and no progress bars in test output.
+CPU_FLAGS = [*PIPELINE_CPU_FLAGS, "--disable_tqdm", "True"]
 
 # Short question/answer pairs a tiny model can learn by heart in a few dozen steps.
 MEMORY_CONVERSATIONS = [

@@ -123,9 +123,13 @@ def main(argv: list[str] | None = None) -> None:
 
     demo = args.model is None
     if demo:
-        from .demo import ensure_demo_model
+        from .demo import DemoUnavailable, ensure_demo_model
 
-        model_path = ensure_demo_model(args.demo_cache_dir or default_cache_dir())
+        try:
+            model_path = ensure_demo_model(args.demo_cache_dir or default_cache_dir())
+        except DemoUnavailable as error:
+            print(f"webui: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
     else:
         model_path = args.model
     backend = ModelBackend.from_pretrained(model_path, load_8bit=args.load_8bit, load_4bit=args.load_4bit)

@@ -1,92 +1,53 @@
-"""The built-in demo model: the tiny YuRen model trained through stages 1-3 on the project's own data.
+"""The built-in demo model, got from the ``make-demo-model`` command of the make-tiny-model tool.
 
-Built on first use by :func:`make_tiny_model.pipeline.train_tiny_yuren` (the
-pipeline the tests prove can see: it names the colour of shapes it has never
-seen), then cached. The cache entry is named after the recipe's key, which
-includes a pipeline version, so a changed recipe builds a new model instead of
-serving a stale one; entries of other keys are removed once the new one is in
-place.
+The web UI does not train: building the demo model (the tiny YuRen model
+trained through stages 1-3, cached after the first build) is the tool's job.
+Where the tool is installed (a checkout of the YuRen workspace, where
+``uv run webui`` installs it), the UI runs the command and serves what it
+built; elsewhere it says what to run instead.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-
-from tqdm.auto import tqdm
-
-from make_tiny_model.pipeline import STEPS, TinyRecipe, TinyRun, train_tiny_yuren
-from yuren_core.atomic import atomic_directory
 
 logger = logging.getLogger("webui")
 
-RECIPE = TinyRecipe()
-ENTRY_PREFIX = "model-"
-BUILD_LOG = "build.log"
+COMMAND = "make-demo-model"
+
+
+class DemoUnavailable(RuntimeError):
+    """The demo model cannot be built here; the message says what to run instead."""
+
+
+def find_command() -> str | None:
+    """The ``make-demo-model`` executable: beside this Python (its environment's scripts), else on ``PATH``."""
+    here = Path(sys.executable).parent
+    return shutil.which(COMMAND, path=os.pathsep.join([str(here), os.environ.get("PATH", "")]))
 
 
 def ensure_demo_model(cache_dir: Path) -> Path:
     """Return the demo checkpoint under ``cache_dir``, building it on first use (a minute or two on a CPU)."""
-    cache_dir = Path(cache_dir)
-    target = cache_dir / f"{ENTRY_PREFIX}{RECIPE.key()}"
-    if (target / "config.json").is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    log_file = cache_dir / BUILD_LOG
-    logger.info("building the demo model into %s (first start only; details in %s)", target, log_file)
-    # The work files (tiny base, data, stages 1 and 2) live beside the cache and go once stage 3 is saved.
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".demo-build-") as work:
-        run = _train_with_progress_bar(Path(work), log_file)
-        with atomic_directory(target) as staging:
-            shutil.copytree(run.stage3, staging, dirs_exist_ok=True, ignore=_not_for_serving)
-    _remove_other_entries(cache_dir, keep=target)
-    return target
-
-
-def _train_with_progress_bar(work: Path, log_file: Path) -> TinyRun:
-    """Run the pipeline with one progress bar on the console; the stages' own output goes to ``log_file``."""
-    console = sys.stderr
-    with (
-        tqdm(total=len(STEPS), desc="demo model", unit="step", file=console) as bar,
-        open(log_file, "w", encoding="utf-8") as log,
-        redirect_stdout(log),
-        redirect_stderr(log),
-        _only_errors_logged(),
-    ):
-
-        def progress(index: int, name: str) -> None:
-            bar.n = index
-            bar.set_postfix_str(name)
-
-        run = train_tiny_yuren(work, RECIPE, progress=progress)
-        bar.n = len(STEPS)
-        bar.set_postfix_str("done")
-    return run
-
-
-@contextmanager
-def _only_errors_logged() -> Iterator[None]:
-    # The stages log their progress and the expected "missing weights" of a newly assembled model;
-    # around the demo's progress bar that is noise. Their print()s and bars go to the build log.
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def _not_for_serving(directory: str, names: list[str]) -> list[str]:
-    """Training leftovers the demo does not need: checkpoints, trainer state, metrics."""
-    return [n for n in names if n.startswith("checkpoint-") or n in ("training_args.bin", "trainer_state.json")]
-
-
-def _remove_other_entries(cache_dir: Path, *, keep: Path) -> None:
-    for entry in cache_dir.glob(f"{ENTRY_PREFIX}*"):
-        if entry != keep and entry.is_dir():
-            logger.info("removing the outdated demo model %s", entry)
-            shutil.rmtree(entry, ignore_errors=True)
+    command = find_command()
+    if command is None:
+        raise DemoUnavailable(
+            f"no --model given, and the demo model's builder ({COMMAND}, from the make-tiny-model tool) is not "
+            "installed here. In a checkout of the YuRen repository run `uv run webui`, which installs the tools "
+            f"and builds the demo model on first use (or build it yourself: `uv run {COMMAND} --cache-dir DIR`); "
+            "otherwise pass --model with a YuRen checkpoint."
+        )
+    logger.info("getting the demo model from `%s --cache-dir %s`", COMMAND, cache_dir)
+    # The command's progress bar and log go to our stderr; its last line of output is the model's directory.
+    result = subprocess.run([command, "--cache-dir", str(cache_dir)], stdout=subprocess.PIPE, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise DemoUnavailable(
+            f"`{command} --cache-dir {cache_dir}` failed (exit status {result.returncode}); its messages are above, "
+            f"and the build's own output is in the log it keeps in {cache_dir}"
+        )
+    return Path(lines[-1])

@@ -22,9 +22,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
+
+from yuren_core.constants import DEFAULT_CLIP_MODEL
+from yuren_core.vision import DEFAULT_MAX_PIXELS
 
 from . import distributed
 
@@ -82,6 +86,45 @@ class DataArguments:
     def __post_init__(self):
         if self.model_max_length < 2:
             raise UsageError(f"--model_max_length must be at least 2, got {self.model_max_length}")
+
+
+@dataclass
+class ImageDataArguments(DataArguments):
+    """``DataArguments`` plus where the images are and how large they may be (stages 2 and 3)."""
+
+    image_folder: str | None = field(
+        default=None,
+        metadata={"help": "Folder the records' 'image'/'images' paths are relative to (required)."},
+    )
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata={"help": "Refuse images with more pixels than this (decompression bombs)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.image_folder:
+            raise UsageError("--image_folder is required: the folder the records' image paths are relative to")
+        if not Path(self.image_folder).is_dir():
+            raise UsageError(f"--image_folder {self.image_folder}: no such directory")
+
+
+@dataclass
+class VisionTowerArguments:
+    """The vision side of a newly assembled fused model (stage 2, or stage 3 with --projector_path)."""
+
+    clip_model: str = field(
+        default=DEFAULT_CLIP_MODEL,
+        metadata={"help": "open_clip model whose vision tower is used: 'hf-hub:org/repo' or 'local-dir:/path'."},
+    )
+    vision_feature_layer: int = field(
+        default=-2,
+        metadata={"help": "Which tower block's patch features feed the projector (-2: the penultimate, as LLaVA)."},
+    )
+    image_pad_to_square: bool = field(
+        default=False,
+        metadata={"help": "Pad images to a square before resizing (stored in the model config; serving follows it)."},
+    )
 
 
 @dataclass

@@ -17,32 +17,14 @@ turn holds ``<image>``). The output directory receives a full fused checkpoint
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import set_seed
-
-from yuren_core.vocab import special_ids
-
-from .arguments import SFTTrainingArguments, UsageError, parse_args
-from .checkpoints import CheckpointCompletion
-from .data import DataError
-from .multimodal import (
-    PROJECTOR,
-    ImageDataArguments,
-    VisionTowerArguments,
-    assemble_fused_model,
-    clip_image_seq_len,
-    load_image_datasets,
-    load_yuren_tokenizer,
-    make_image_collator,
-    save_projector,
-    train_only,
-)
-from .recipe import check_reporting, logger, setup_logging, train_and_save
-from .segment_attention import use_for_packing
-from .trainer import SFTTrainer
+from .arguments import ImageDataArguments, SFTTrainingArguments, VisionTowerArguments
+from .models import assemble_fused_model, clip_image_seq_len, load_yuren_tokenizer, train_only
+from .projector import PROJECTOR, save_projector
+from .stage import Stage, StageSetup, logger, run_stage
+from .training_data import load_image_datasets, make_image_collator
 
 
 @dataclass
@@ -54,40 +36,39 @@ class AlignmentModelArguments:
     )
 
 
+def set_up(
+    model_args: AlignmentModelArguments,
+    vision_args: VisionTowerArguments,
+    data_args: ImageDataArguments,
+    args: SFTTrainingArguments,
+) -> StageSetup:
+    """Tokenizer, caption datasets, and the fused model with only its projector trainable."""
+    tokenizer = load_yuren_tokenizer(model_args.model_name_or_path)
+    image_seq_len = clip_image_seq_len(vision_args.clip_model)
+    train_dataset, eval_dataset = load_image_datasets(data_args, args, tokenizer, image_seq_len=image_seq_len)
+    model = assemble_fused_model(model_args.model_name_or_path, vision_args, args)
+    train_only(model, (f"{PROJECTOR}.",))
+    collator = make_image_collator(data_args, args, tokenizer, model.config)
+    return StageSetup(model, tokenizer, train_dataset, eval_dataset, collator, packing=data_args.packing)
+
+
+def save_projector_file(setup: StageSetup, args: SFTTrainingArguments) -> None:
+    """Write the projector alone beside the checkpoint, for stage 3's ``--projector_path``."""
+    if args.should_save:
+        logger.info("saved the projector alone to %s", save_projector(Path(args.output_dir)))
+
+
+STAGE = Stage(
+    "clip_sft",
+    (AlignmentModelArguments, VisionTowerArguments, ImageDataArguments, SFTTrainingArguments),
+    set_up,
+    after_save=save_projector_file,
+)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Parse the flags, assemble the fused model, train the projector, save checkpoint and projector."""
-    model_args, vision_args, data_args, args = parse_args(
-        (AlignmentModelArguments, VisionTowerArguments, ImageDataArguments, SFTTrainingArguments),
-        argv,
-        prog="python -m yuren_trainer.clip_sft",
-    )
-    setup_logging(args)
-    try:
-        check_reporting(args)
-        tokenizer = load_yuren_tokenizer(model_args.model_name_or_path)
-        image_seq_len = clip_image_seq_len(vision_args.clip_model)
-        train_dataset, eval_dataset = load_image_datasets(data_args, args, tokenizer, image_seq_len=image_seq_len)
-        set_seed(args.seed)
-        model = assemble_fused_model(model_args.model_name_or_path, vision_args, args)
-        if data_args.packing:
-            use_for_packing(model)
-        train_only(model, (f"{PROJECTOR}.",))
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            data_collator=make_image_collator(data_args, args, tokenizer, model.config),
-            processing_class=tokenizer,
-            callbacks=[CheckpointCompletion()],
-            pad_token_id=special_ids(tokenizer).pad,
-        )
-        train_and_save(trainer, args)
-        if args.should_save:
-            logger.info("saved the projector alone to %s", save_projector(Path(args.output_dir)))
-    except (UsageError, DataError) as error:
-        print(f"clip_sft: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Run stage 2 with the flags in ``argv`` (default: the command line)."""
+    run_stage(STAGE, argv)
 
 
 if __name__ == "__main__":

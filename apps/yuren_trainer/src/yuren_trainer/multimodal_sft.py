@@ -20,36 +20,24 @@ LoRA adapter with ``merge-lora`` first).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoConfig, set_seed
+from transformers import AutoConfig
 
 from yuren_core.modeling import YuRenConfig
-from yuren_core.vocab import special_ids
 
-from . import qlora
-from .arguments import ModelArguments, SFTTrainingArguments, UsageError, parse_args
-from .checkpoints import CheckpointCompletion
-from .data import DataError
-from .multimodal import (
-    PROJECTOR,
-    PROJECTOR_FILE,
+from .arguments import (
     ImageDataArguments,
+    ModelArguments,
+    SFTTrainingArguments,
+    UsageError,
     VisionTowerArguments,
-    assemble_fused_model,
-    clip_image_seq_len,
-    load_image_datasets,
-    load_projector,
-    load_yuren_tokenizer,
-    log_trainable,
-    make_image_collator,
 )
-from .recipe import check_reporting, setup_logging, train_and_save
-from .segment_attention import use_for_packing
-from .text_sft import load_model
-from .trainer import SFTTrainer
+from .models import assemble_fused_model, clip_image_seq_len, load_model_to_train, load_yuren_tokenizer, log_trainable
+from .projector import PROJECTOR, PROJECTOR_FILE, load_projector
+from .stage import Stage, StageSetup, run_stage
+from .training_data import load_image_datasets, make_image_collator
 
 
 @dataclass
@@ -119,49 +107,43 @@ def build_model(model_args: MultimodalModelArguments, vision_args: VisionTowerAr
         load_projector(model, model_args.projector_path)
     else:
         # With LoRA, the projector trains whole inside the adapter; the tower is frozen with the rest of the base.
-        model = load_model(model_args, args, tokenizer, modules_to_save=[PROJECTOR])
+        model = load_model_to_train(model_args, args, tokenizer, modules_to_save=[PROJECTOR])
     if not model_args.use_lora:
         model.vision_tower.requires_grad_(False)
     log_trainable(model)
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the flags, set up data and model, train, save."""
-    model_args, vision_args, data_args, args = parse_args(
-        (MultimodalModelArguments, VisionTowerArguments, MultimodalDataArguments, MultimodalTrainingArguments),
-        argv,
-        prog="python -m yuren_trainer.multimodal_sft",
+def set_up(
+    model_args: MultimodalModelArguments,
+    vision_args: VisionTowerArguments,
+    data_args: MultimodalDataArguments,
+    args: MultimodalTrainingArguments,
+) -> StageSetup:
+    """Tokenizer, image and text datasets, and the model with its vision tower frozen."""
+    tokenizer = load_yuren_tokenizer(model_args.model_name_or_path)
+    if model_args.projector_path:
+        image_seq_len = clip_image_seq_len(vision_args.clip_model)
+    else:
+        image_seq_len = starting_config(model_args).image_seq_len
+    train_dataset, eval_dataset = load_image_datasets(
+        data_args, args, tokenizer, image_seq_len=image_seq_len, text_train_file=data_args.text_train_file
     )
-    setup_logging(args)
-    try:
-        check_reporting(args)
-        tokenizer = load_yuren_tokenizer(model_args.model_name_or_path)
-        if model_args.projector_path:
-            image_seq_len = clip_image_seq_len(vision_args.clip_model)
-        else:
-            image_seq_len = starting_config(model_args).image_seq_len
-        train_dataset, eval_dataset = load_image_datasets(
-            data_args, args, tokenizer, image_seq_len=image_seq_len, text_train_file=data_args.text_train_file
-        )
-        set_seed(args.seed)
-        model = build_model(model_args, vision_args, args, tokenizer)
-        if data_args.packing:
-            use_for_packing(model)
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            data_collator=make_image_collator(data_args, args, tokenizer, model.config),
-            processing_class=tokenizer,
-            callbacks=[CheckpointCompletion()],
-            pad_token_id=special_ids(tokenizer).pad,
-        )
-        train_and_save(trainer, args)
-    except (UsageError, DataError, qlora.QLoRAConfigError) as error:
-        print(f"multimodal_sft: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    model = build_model(model_args, vision_args, args, tokenizer)
+    collator = make_image_collator(data_args, args, tokenizer, model.config)
+    return StageSetup(model, tokenizer, train_dataset, eval_dataset, collator, packing=data_args.packing)
+
+
+STAGE = Stage(
+    "multimodal_sft",
+    (MultimodalModelArguments, VisionTowerArguments, MultimodalDataArguments, MultimodalTrainingArguments),
+    set_up,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run stage 3 with the flags in ``argv`` (default: the command line)."""
+    run_stage(STAGE, argv)
 
 
 if __name__ == "__main__":

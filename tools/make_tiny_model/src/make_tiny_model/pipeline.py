@@ -2,7 +2,7 @@
 
 :func:`train_tiny_yuren` is the one place that runs the whole pipeline on a
 tiny model: make the tiny base and vision tower, prepare the base, stage 1 on
-``data/sft_sample.json``, stage 2 on shapes captions, stage 3 on shapes
+the sample conversations (:mod:`make_tiny_model.sample_data`), stage 2 on shapes captions, stage 3 on shapes
 conversations mixed with the text conversations. The tests use it to prove
 the multimodal stages make a model that sees (:func:`colour_accuracy` on
 held-out shapes, and the same with the image features zeroed); the web UI
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .__main__ import DEFAULT_CORPUS
-from .__main__ import main as make_tiny_model
+from .sample_data import sample_conversations
 from .shapes import COLOUR_QUESTIONS, write_dataset
+from .tiny_model import main as make_tiny_model
 
 # Bump when the pipeline changes in a way the recipe's values do not show (a changed stage, new data).
 PIPELINE_VERSION = 2
@@ -32,8 +32,8 @@ PIPELINE_VERSION = 2
 # The shapes evaluated on are drawn with this seed, which no recipe trains on.
 HELD_OUT_SEED = 1001
 
-# What every in-process CPU run needs: no GPU precision, no logging service, no checkpoints mid-run.
-CPU_FLAGS = ["--bf16", "False", "--tf32", "False", "--report_to", "none", "--save_strategy", "no"]
+# What every CPU run of a stage needs: no GPU precision, no logging service.
+CPU_FLAGS = ["--bf16", "False", "--tf32", "False", "--report_to", "none"]
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,14 @@ def train_tiny_yuren(
     ``progress(i, name)`` is called before each of the :data:`STEPS`;
     ``show_training_bars`` shows the Trainer's own progress bars.
     """
-    with single_thread():
-        return _train(Path(work_dir), recipe, progress or (lambda i, name: None), show_training_bars)
+    with single_thread(), sample_conversations() as text_data:
+        return _train(text_data, Path(work_dir), recipe, progress or (lambda i, name: None), show_training_bars)
 
 
-def _train(work_dir: Path, recipe: TinyRecipe, report: Callable[[int, str], None], show_training_bars: bool) -> TinyRun:
-    from prepare_base_model.__main__ import prepare
+def _train(
+    text_data: Path, work_dir: Path, recipe: TinyRecipe, report: Callable[[int, str], None], show_training_bars: bool
+) -> TinyRun:
+    from prepare_base_model.prepare import prepare
     from yuren_trainer import clip_sft, multimodal_sft, text_sft
 
     run = TinyRun(work_dir)
@@ -144,7 +146,7 @@ def _train(work_dir: Path, recipe: TinyRecipe, report: Callable[[int, str], None
     report(3, STEPS[3])
     text_sft.main(
         [
-            "--model_name_or_path", str(run.prepared), "--train_file", str(DEFAULT_CORPUS),
+            "--model_name_or_path", str(run.prepared), "--train_file", str(text_data),
             *_stage_flags(recipe.stage1, recipe, run.stage1), *quiet, *cache,
         ]
     )  # fmt: skip
@@ -160,7 +162,7 @@ def _train(work_dir: Path, recipe: TinyRecipe, report: Callable[[int, str], None
     multimodal_sft.main(
         [
             "--model_name_or_path", str(run.stage2), "--train_file", str(data["conversations"]),
-            "--text_train_file", str(DEFAULT_CORPUS), "--image_folder", str(run.shapes),
+            "--text_train_file", str(text_data), "--image_folder", str(run.shapes),
             *_stage_flags(recipe.stage3, recipe, run.stage3), *quiet, *cache,
         ]
     )  # fmt: skip
@@ -189,7 +191,7 @@ def _stage_flags(stage: StageSettings, recipe: TinyRecipe, output: Path) -> list
         "--num_train_epochs", str(stage.epochs), "--learning_rate", str(stage.learning_rate),
         "--per_device_train_batch_size", str(stage.batch_size), "--model_max_length", str(recipe.max_length),
         "--packing", str(stage.packing), "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.05", "--weight_decay", "0",
-        "--logging_steps", "10", *CPU_FLAGS,
+        "--logging_steps", "10", "--save_strategy", "no", *CPU_FLAGS,
     ]  # fmt: skip
 
 

@@ -1,7 +1,11 @@
-"""The steps every SFT stage takes around its model: logging, data, resuming, training, saving.
+"""The lifecycle every SFT stage shares, written once: parse, set up, train, save.
 
-A stage's recipe (``text_sft``, and the multimodal stages) parses its flags,
-builds its model, and hands the rest to these helpers.
+A stage's recipe (:mod:`yuren_trainer.text_sft`, :mod:`~yuren_trainer.clip_sft`,
+:mod:`~yuren_trainer.multimodal_sft`) states only what differs, as a
+:class:`Stage`: its flags, how it builds its model and data, and what it saves
+besides the checkpoint. :func:`run_stage` does the rest: logging, the seed,
+the Trainer, resuming from the last complete checkpoint, saving, and turning
+errors the user can act on into a message and exit status 2.
 """
 
 from __future__ import annotations
@@ -9,15 +13,24 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import transformers
+from transformers import set_seed
+
+from yuren_core.vocab import special_ids
 
 from . import checkpoints
-from .arguments import DataArguments, UsageError
-from .collator import ImageLoader, PackedCollator, PaddingCollator
-from .data import TokenizeStats, load_sft_dataset
+from .arguments import UsageError, parse_args
+from .checkpoints import CheckpointCompletion
+from .data import DataError
+from .qlora import QLoRAConfigError
+from .segment_attention import use_for_packing
+from .trainer import SFTTrainer
 
 logger = logging.getLogger("yuren_trainer")
 
@@ -46,64 +59,6 @@ def check_reporting(args) -> None:
             f"--report_to wandb: {error} Log in with `wandb login`, or set WANDB_MODE=offline to log to local files "
             "(sync them later with `wandb sync`), or pass --report_to none."
         ) from None
-
-
-def load_datasets(
-    data_args: DataArguments,
-    args,
-    tokenizer,
-    *,
-    image_seq_len: int | None = None,
-):
-    """Tokenized training and validation datasets (``None`` without ``--validation_file``).
-
-    The main process tokenizes and fills the cache first; the other ranks then
-    read the cache.
-    """
-    if args.eval_strategy != "no" and not data_args.validation_file:
-        raise UsageError(f"--eval_strategy {args.eval_strategy} needs --validation_file")
-    train = load_data_file("train", data_args.train_file, data_args, args, tokenizer, image_seq_len=image_seq_len)
-    validation = None
-    if data_args.validation_file:
-        validation = load_data_file(
-            "validation", data_args.validation_file, data_args, args, tokenizer, image_seq_len=image_seq_len
-        )
-    return train, validation
-
-
-def load_data_file(name: str, path: str, data_args: DataArguments, args, tokenizer, *, image_seq_len: int | None):
-    """One tokenized data file, through the cache (the main process fills it first), with its stats logged."""
-    with args.main_process_first(desc=f"tokenizing {path}"):
-        dataset, stats = load_sft_dataset(
-            path,
-            tokenizer,
-            max_length=data_args.model_max_length,
-            packing=data_args.packing,
-            image_seq_len=image_seq_len,
-            cache_dir=data_args.data_cache_dir,
-        )
-    _log_stats(name, path, stats, dataset, data_args)
-    return dataset
-
-
-def _log_stats(name: str, path: str, stats: TokenizeStats, dataset, data_args: DataArguments) -> None:
-    logger.info("%s", stats.describe(f"{name} data {path}"))
-    if data_args.packing:
-        capacity = len(dataset) * data_args.model_max_length
-        logger.info(
-            "%s: packed %d conversations into %d rows; %.1f%% of the rows' %d-token capacity is padding",
-            name,
-            stats.kept,
-            len(dataset),
-            100 * (1 - stats.tokens / capacity),
-            data_args.model_max_length,
-        )
-
-
-def make_collator(data_args: DataArguments, pad_token_id: int, *, image_loader: ImageLoader | None = None):
-    """The collator for ``--packing``: packed rows with position ids, or padded rows with an attention mask."""
-    collator = PackedCollator if data_args.packing else PaddingCollator
-    return collator(pad_token_id, image_loader=image_loader)
 
 
 def resume_checkpoint(args) -> str | None:
@@ -141,3 +96,61 @@ def train_and_save(trainer, args):
     trainer.save_metrics("train", result.metrics)
     logger.info("saved the trained model to %s", args.output_dir)
     return result
+
+
+@dataclass
+class StageSetup:
+    """What a stage's ``set_up`` returns: the model, its tokenizer, the data and how it is batched."""
+
+    model: Any
+    tokenizer: Any
+    train_dataset: Any
+    eval_dataset: Any
+    data_collator: Callable
+    packing: bool
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What sets one stage apart from the others.
+
+    ``arguments`` are the ``HfArgumentParser`` dataclasses, the training
+    arguments last; ``set_up(*parsed)`` receives them parsed, once logging and
+    the seed are in place. ``after_save(setup, args)``, if given, runs once the
+    model is saved.
+    """
+
+    name: str
+    arguments: Sequence[type]
+    set_up: Callable[..., StageSetup]
+    after_save: Callable[[StageSetup, Any], None] | None = None
+
+
+def run_stage(stage: Stage, argv: list[str] | None = None) -> None:
+    """Parse the flags, set up data and model, train, save; errors the user can act on exit with status 2."""
+    parsed = parse_args(tuple(stage.arguments), argv, prog=f"python -m yuren_trainer.{stage.name}")
+    args = parsed[-1]
+    setup_logging(args)
+    try:
+        check_reporting(args)
+        set_seed(args.seed)
+        setup = stage.set_up(*parsed)
+        if setup.packing:
+            use_for_packing(setup.model)
+        pad_token_id = special_ids(setup.tokenizer).pad
+        trainer = SFTTrainer(
+            model=setup.model,
+            args=args,
+            train_dataset=setup.train_dataset,
+            eval_dataset=setup.eval_dataset,
+            data_collator=setup.data_collator,
+            processing_class=setup.tokenizer,
+            callbacks=[CheckpointCompletion()],
+            pad_token_id=pad_token_id,
+        )
+        train_and_save(trainer, args)
+        if stage.after_save:
+            stage.after_save(setup, args)
+    except (UsageError, DataError, QLoRAConfigError) as error:
+        print(f"{stage.name}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
