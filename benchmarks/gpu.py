@@ -50,6 +50,7 @@ from common import RESULTS, machine
 from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
+from yuren_core import vocab
 from yuren_core.loading import load_model
 from yuren_core.modeling import YuRenConfig, YuRenForCausalLM
 from yuren_trainer.collator import PackedCollator, PaddingCollator
@@ -83,8 +84,6 @@ SHAPES = {
         "vision": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8}},
     },
 }
-# Ids of <|im_start|> <|im_end|> <|img_start|> <|img_patch|> <|img_end|> <|pad|>, right after the text vocabulary.
-SPECIAL = ("im_start", "im_end", "img_start", "img_patch", "img_end", "pad")
 BOS, EOS = 1, 2
 
 
@@ -104,8 +103,9 @@ class TokenTimer(BaseStreamer):
         pass
 
 
-def special_ids(shapes: dict) -> dict[str, int]:
-    return {name: shapes["text_vocab"] + offset for offset, name in enumerate(SPECIAL)}
+def special_ids(shapes: dict):
+    """YuRen's special token ids in the placeholder tokenizer, which puts them right after the text vocabulary."""
+    return vocab.special_ids(placeholder_tokenizer(shapes))
 
 
 def vision_config(shapes: dict) -> dict:
@@ -131,7 +131,7 @@ def text_config(shapes: dict, **overrides) -> dict:
         "rms_norm_eps": 1e-6,
         "bos_token_id": BOS,
         "eos_token_id": EOS,
-        "pad_token_id": ids["pad"],
+        "pad_token_id": ids.pad,
         "tie_word_embeddings": False,
     }
     return {**settings, **overrides}
@@ -152,9 +152,9 @@ def build_yuren(shapes: dict, device: torch.device, dtype: torch.dtype) -> YuRen
             "interpolation": "bicubic",
             "resize_mode": "shortest",
         },
-        img_start_token_id=ids["img_start"],
-        img_patch_token_id=ids["img_patch"],
-        img_end_token_id=ids["img_end"],
+        img_start_token_id=ids.img_start,
+        img_patch_token_id=ids.img_patch,
+        img_end_token_id=ids.img_end,
     )
     with torch.device(device):
         model = YuRenForCausalLM._from_config(config, dtype=dtype)
@@ -167,8 +167,8 @@ def image_prompt(shapes: dict, patches: int, text_tokens: int, device) -> torch.
     generator = torch.Generator().manual_seed(0)
     half = text_tokens // 2
     text = torch.randint(3, shapes["text_vocab"], (text_tokens,), generator=generator).tolist()
-    tokens = [BOS, ids["im_start"], *text[:half], ids["img_start"], *[ids["img_patch"]] * patches, ids["img_end"]]
-    tokens += [*text[half:], ids["im_end"], ids["im_start"], *text[:2]]
+    tokens = [BOS, ids.im_start, *text[:half], ids.img_start, *[ids.img_patch] * patches, ids.img_end]
+    tokens += [*text[half:], ids.im_end, ids.im_start, *text[:2]]
     return torch.tensor([tokens], device=device)
 
 

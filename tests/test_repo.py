@@ -82,3 +82,29 @@ def test_torch_and_torchvision_are_a_matching_pair():
     # A mismatched pair imports but fails on its compiled operators ("operator torchvision::nms does not exist").
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     assert nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]
+
+
+def test_rye_and_uv_install_the_same_dev_dependencies():
+    # rye reads only [tool.rye] dev-dependencies and uv only [dependency-groups]; the two lists must stay one list.
+    assert ROOT["tool"]["rye"]["dev-dependencies"] == ROOT["dependency-groups"]["dev"]
+
+
+def test_the_web_ui_depends_on_the_core_and_gradio_only():
+    webui = tomllib.loads((REPO / "apps" / "webui" / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(canonicalize_name(Requirement(r).name) for r in webui) == ["gradio", "yuren-core"]
+
+
+RECIPES = ("text_sft", "clip_sft", "multimodal_sft")
+
+
+def test_no_library_module_imports_a_recipe_or_a_main_module():
+    # Recipes and __main__ modules are leaves: what they share lives in named library modules.
+    pattern = re.compile(
+        rf"^\s*from\s+\S*\.?(?:__main__|{'|'.join(RECIPES)})\s+import\s|^\s*import\s+\S+\.__main__", re.M
+    )
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in (REPO / "apps").rglob("*.py")
+        if path.name != "__main__.py" and pattern.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []

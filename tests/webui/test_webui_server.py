@@ -15,7 +15,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from repo_helpers import free_port
 
-from webui.app import Defaults, Limits, build_app
+from webui.app import Limits, build_app
+from webui.backend import GenerationParams
 from webui.engine import ModelBackend
 from webui.server import serve
 
@@ -39,7 +40,10 @@ def user_texts(history) -> list[str]:
 def model_server(fused_model_dir):
     backend = ModelBackend.from_pretrained(fused_model_dir)
     app = build_app(
-        backend, lang="en", limits=Limits(max_file_size="1mb"), defaults=Defaults(temperature=0, max_new_tokens=32)
+        backend,
+        lang="en",
+        limits=Limits(max_file_size="1mb"),
+        defaults=GenerationParams(temperature=0, max_new_tokens=32),
     )
     url = launch(app, limits=Limits(max_file_size="1mb"), blocked_paths=[fused_model_dir])
     yield url

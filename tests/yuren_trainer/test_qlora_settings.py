@@ -9,7 +9,7 @@ import pytest
 import torch
 from repo_helpers import REPO
 
-from yuren_trainer.qlora import QLoRAConfigError, new_token_ids, quantization_config, read_settings
+from yuren_trainer.qlora import QLoRAConfigError, base_quantization_config, new_token_ids, read_settings
 
 QLORA_JSON = REPO / "apps" / "yuren_trainer" / "config" / "qlora.json"
 
@@ -26,10 +26,10 @@ def test_the_shipped_settings_are_upstreams_plus_double_quantized_nf4():
         "up_proj",
         "down_proj",
     }
-    config = quantization_config(settings, torch.float32)
+    config = base_quantization_config(settings, torch.float32)
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
     assert config.bnb_4bit_compute_dtype == torch.float32
-    assert quantization_config(settings, torch.bfloat16).bnb_4bit_compute_dtype == torch.bfloat16
+    assert base_quantization_config(settings, torch.bfloat16).bnb_4bit_compute_dtype == torch.bfloat16
     assert "lm_head" in config.llm_int8_skip_modules
 
 

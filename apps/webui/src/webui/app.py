@@ -30,8 +30,8 @@ from .backend import (
     GenerationParams,
     ImagesNotSupported,
     PromptTooLong,
+    is_out_of_memory,
 )
-from .engine import is_out_of_memory
 from .labels import Labels, labels_for
 from .session import Attachment, ChatSession, Exchange
 from .uploads import ACCEPTED_EXTENSIONS, ACCEPTED_FORMATS, ImageRejected, open_upload
@@ -54,16 +54,6 @@ class Limits:
     max_file_size: str = "20mb"
     # Requests waiting for the model beyond the one running; more get "busy".
     queue_size: int = 16
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Initial values of the generation sliders."""
-
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 512
-    repetition_penalty: float = 1.1
 
 
 class ChatController:
@@ -250,15 +240,17 @@ def build_app(
     *,
     lang: str = "zh",
     limits: Limits = Limits(),
-    defaults: Defaults = Defaults(),
+    defaults: GenerationParams | None = None,
     model_name: str = "",
     demo: bool = False,
 ) -> gr.Blocks:
     """Build the chat UI for ``backend``; launch it with :func:`webui.server.serve`.
 
     ``demo`` marks the built-in demo model: the page then says plainly that it
-    is a small demo model. ``model_name`` is shown under the title.
+    is a small demo model. ``model_name`` is shown under the title; ``defaults``
+    are the sliders' initial values (default: :class:`GenerationParams`'s).
     """
+    defaults = defaults or GenerationParams()
     labels = labels_for(lang)
     controller = ChatController(backend, labels, limits)
     with gr.Blocks(title=labels.title, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:

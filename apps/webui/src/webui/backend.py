@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from PIL import Image
 
 # Slider ranges; GenerationParams enforces them for API callers, who skip the sliders.
@@ -21,6 +22,13 @@ TEMPERATURE_RANGE = (0.0, 2.0)
 TOP_P_RANGE = (0.01, 1.0)
 REPETITION_PENALTY_RANGE = (1.0, 2.0)
 MAX_NEW_TOKENS_RANGE = (1, 2048)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an accelerator or host allocation failure (the request failed, the server is fine)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from yuren_core.chatml import render
 from yuren_core.vocab import special_ids
 
-from .backend import GenerationParams, ImagesNotSupported, PromptTooLong
+from .backend import GenerationParams, ImagesNotSupported, PromptTooLong, is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,6 @@ class Prompt:
     input_ids: list[int]
     images: list[Any]
     dropped_turns: int
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is an accelerator or host allocation failure (the request failed, the server is fine)."""
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
 
 
 class ModelBackend:

@@ -1,13 +1,15 @@
 """Assembling a fused model from its parts, and loading a saved one for training or serving.
 
-:func:`build_fused_model` runs once, at the start of stage 2: it joins a LLaMA
-text model (stage-1 output, or a prepared base) and an open_clip vision tower. After
-that every checkpoint is self-contained and :func:`load_model` reads it, full
-precision or quantized, with no hub access.
+:func:`build_fused_model` joins a LLaMA text model (stage-1 output, or a
+prepared base) and an open_clip vision tower: at the start of stage 2, and at
+the start of stage 3 when it starts from a stage-1 model and a projector file.
+Every checkpoint saved after that is self-contained and :func:`load_model`
+reads it, full precision or quantized, with no hub access.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from os import PathLike
 
 import torch
@@ -88,18 +90,31 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
-def quantization_config(*, load_8bit: bool, load_4bit: bool, dtype: torch.dtype) -> BitsAndBytesConfig | None:
-    """The bitsandbytes config for an 8-bit or 4-bit load (``None`` for neither)."""
+def quantization_config(
+    *,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    dtype: torch.dtype,
+    quant_type: str = "nf4",
+    double_quant: bool = False,
+    skip_modules: Sequence[str] = tuple(UNQUANTIZED_MODULES),
+) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config for an 8-bit or 4-bit load (``None`` for neither), serving's and QLoRA's alike.
+
+    4-bit weights are ``quant_type`` (nf4 or fp4), optionally double-quantized,
+    computing in ``dtype``; ``skip_modules`` stay unquantized.
+    """
     if load_8bit and load_4bit:
         raise ValueError("choose one of load_8bit and load_4bit, not both")
     if load_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED_MODULES)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(skip_modules))
     if load_4bit:
         return BitsAndBytesConfig(
             load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
+            bnb_4bit_quant_type=quant_type,
+            bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=dtype,
-            llm_int8_skip_modules=UNQUANTIZED_MODULES,
+            llm_int8_skip_modules=list(skip_modules),
         )
     return None
 

@@ -48,6 +48,13 @@ class DataError(ValueError):
     """Input records that cannot be used; the message lists each one with file, line, record and field."""
 
 
+def error_list(heading: str, errors: list[str]) -> str:
+    """``heading`` and then one indented line per error, the first ``MAX_REPORTED_ERRORS`` of them."""
+    shown = "\n  ".join(errors[:MAX_REPORTED_ERRORS])
+    more = f"\n  ... and {len(errors) - MAX_REPORTED_ERRORS} more" if len(errors) > MAX_REPORTED_ERRORS else ""
+    return f"{heading}:\n  {shown}{more}"
+
+
 @dataclass(frozen=True)
 class Conversation:
     """One validated record: where it came from, its messages and the image paths it names."""
@@ -107,9 +114,7 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
         except DataError as error:
             errors.append(str(error))
     if errors:
-        shown = "\n  ".join(errors[:MAX_REPORTED_ERRORS])
-        more = f"\n  ... and {len(errors) - MAX_REPORTED_ERRORS} more" if len(errors) > MAX_REPORTED_ERRORS else ""
-        raise DataError(f"{len(errors)} bad record(s) in {path}:\n  {shown}{more}")
+        raise DataError(error_list(f"{len(errors)} bad record(s) in {path}", errors))
     if not conversations:
         raise DataError(f"{path}: no conversations found")
     return conversations
@@ -189,10 +194,11 @@ def _conversation(where: str, record: object) -> Conversation:
         messages = to_messages(turns)
     except ConversationError as error:
         raise DataError(f"{where}: field 'conversations', {error}") from None
-    return Conversation(source=where, messages=messages, images=_image_paths(where, record))
+    return Conversation(source=where, messages=messages, images=image_paths(where, record))
 
 
-def _image_paths(where: str, record: Mapping) -> tuple[str, ...]:
+def image_paths(where: str, record: Mapping) -> tuple[str, ...]:
+    """The image paths a record names: field ``image`` (one path) or ``images`` (a list), never both."""
     if "image" in record and "images" in record:
         raise DataError(f"{where}: give either field 'image' or field 'images', not both")
     if "image" in record:

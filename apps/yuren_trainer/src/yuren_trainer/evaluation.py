@@ -21,6 +21,7 @@ import torch
 from yuren_core.chatml import render
 from yuren_core.vision import ImageProcessor
 
+from .data import image_paths
 from .images import FolderImageLoader
 
 
@@ -67,8 +68,7 @@ def greedy_answers(
     for index, record in enumerate(records):
         turns = record["conversations"]
         prompt = render(tokenizer, turns[:-1], image_seq_len=model.config.image_seq_len, add_generation_prompt=True)
-        images = record.get("images") or ([record["image"]] if "image" in record else [])
-        prompts.append((index, prompt.input_ids, list(images)))
+        prompts.append((index, prompt.input_ids, list(image_paths(f"record {index}", record))))
 
     by_length = defaultdict(list)
     for prompt in prompts:

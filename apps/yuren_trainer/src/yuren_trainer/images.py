@@ -25,9 +25,7 @@ from PIL import Image
 from yuren_core.constants import IGNORE_INDEX
 from yuren_core.vision import ImageProcessor
 
-from .data import Conversation, DataError
-
-MAX_REPORTED_ERRORS = 20
+from .data import Conversation, DataError, error_list
 
 
 class ImageFileError(DataError):
@@ -92,10 +90,8 @@ def check_images(
         if problem is not None
     ]
     if errors:
-        shown = "\n  ".join(errors[:MAX_REPORTED_ERRORS])
-        more = f"\n  ... and {len(errors) - MAX_REPORTED_ERRORS} more" if len(errors) > MAX_REPORTED_ERRORS else ""
         raise ImageFileError(
-            f"{len(errors)} unusable image(s) (paths relative to --image_folder {image_folder}):\n  {shown}{more}"
+            error_list(f"{len(errors)} unusable image(s) (paths relative to --image_folder {image_folder})", errors)
         )
     return len(paths)
 

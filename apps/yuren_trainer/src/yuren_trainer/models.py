@@ -59,7 +59,7 @@ def load_model_to_train(model_args: ModelArguments, args, tokenizer, *, modules_
     model = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         dtype=dtype,
-        quantization_config=qlora.quantization_config(settings, dtype),
+        quantization_config=qlora.base_quantization_config(settings, dtype),
         device_map={"": args.device},
     )
     model.config.use_cache = False

@@ -2,15 +2,15 @@
 
 Packing only concatenates; keeping the conversations apart is the collator's
 job (:class:`yuren_trainer.collator.PackedCollator` gives each conversation its
-own position ids, from which the model builds a block-diagonal causal mask).
-Each packed row records its conversations' lengths in ``seq_lengths``.
+own position ids, from which the model builds a block-diagonal causal mask,
+and drops the label of each conversation's first token, which would otherwise
+be predicted from the conversation before it). Each packed row records its
+conversations' lengths in ``seq_lengths``.
 """
 
 from __future__ import annotations
 
 import bisect
-
-from yuren_core.constants import IGNORE_INDEX
 
 
 def assign_bins(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -44,12 +44,7 @@ def assign_bins(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def pack_rows(columns: dict[str, list], max_length: int) -> dict[str, list]:
-    """Pack tokenized conversations (``input_ids``, ``labels``, ``images``) into rows of at most ``max_length``.
-
-    The first label of every conversation is set to ``IGNORE_INDEX``: in a
-    packed row it would otherwise be the target predicted from the previous
-    conversation's last token.
-    """
+    """Pack tokenized conversations (``input_ids``, ``labels``, ``images``) into rows of at most ``max_length``."""
     packed: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "images": [], "seq_lengths": []}
     for members in assign_bins([len(ids) for ids in columns["input_ids"]], max_length):
         input_ids: list[int] = []
@@ -57,7 +52,7 @@ def pack_rows(columns: dict[str, list], max_length: int) -> dict[str, list]:
         images: list[str] = []
         for index in members:
             input_ids += columns["input_ids"][index]
-            labels += [IGNORE_INDEX, *columns["labels"][index][1:]]
+            labels += columns["labels"][index]
             images += columns["images"][index]
         packed["input_ids"].append(input_ids)
         packed["labels"].append(labels)

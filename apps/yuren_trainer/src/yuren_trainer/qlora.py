@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
 
-from yuren_core.constants import SPECIAL_TOKENS
-from yuren_core.loading import UNQUANTIZED_MODULES
+from yuren_core.loading import UNQUANTIZED_MODULES, quantization_config
+from yuren_core.vocab import special_ids
 
 logger = logging.getLogger(__name__)
 
@@ -94,24 +94,21 @@ def read_settings(path: str | Path) -> QLoRASettings:
     return QLoRASettings(**values)
 
 
-def quantization_config(settings: QLoRASettings, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
-    """The 4-bit bitsandbytes config for loading the base."""
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=settings.bnb_4bit_quant_type,
-        bnb_4bit_use_double_quant=settings.bnb_4bit_use_double_quant,
-        bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=list(settings.llm_int8_skip_modules),
+def base_quantization_config(settings: QLoRASettings, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    """The 4-bit bitsandbytes config for loading the base (:func:`yuren_core.loading.quantization_config`)."""
+    return quantization_config(
+        load_4bit=True,
+        dtype=compute_dtype,
+        quant_type=settings.bnb_4bit_quant_type,
+        double_quant=settings.bnb_4bit_use_double_quant,
+        skip_modules=settings.llm_int8_skip_modules,
     )
 
 
 def new_token_ids(tokenizer) -> list[int]:
-    """Ids of the tokens YuRen added to the base vocabulary (ChatML, image and pad tokens)."""
-    ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
-    missing = [t for t, i in zip(SPECIAL_TOKENS, ids, strict=True) if i is None or i == tokenizer.unk_token_id]
-    if missing:
-        raise ValueError(f"the tokenizer lacks {missing}; run `prepare-base-model` on the base model first")
-    return sorted(ids)
+    """Ids of the tokens YuRen added to the base vocabulary (ChatML, image and pad tokens; eos is the base's)."""
+    ids = special_ids(tokenizer)
+    return sorted(getattr(ids, f.name) for f in fields(ids) if f.name != "eos")
 
 
 def _module_name(model, module) -> str:
