@@ -22,10 +22,13 @@ from typing import Any
 
 import torch
 
+from make_tiny_model.sample_data import SAMPLE_CONVERSATIONS
+
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 RESULTS = BENCHMARKS / "results"
-PROJECT_DATA = REPO / "data" / "sft_sample.json"
+# The project's own sample, shipped as make-tiny-model's package data (a file on disk in this workspace).
+PROJECT_DATA = Path(str(SAMPLE_CONVERSATIONS))
 # Upstream's 300-conversation sample, beside the checkout where present (never committed).
 UPSTREAM_DATA = REPO.parent / "shared" / "data" / "sft.dev.json"
 
@@ -161,7 +164,7 @@ def build_prepared_base(
     """
     from make_tiny_model.llm import build_tiny_base, corpus_lines
     from make_tiny_model.shapes import vocabulary_lines
-    from prepare_base_model.__main__ import prepare
+    from prepare_base_model.prepare import prepare
 
     raw = build_tiny_base(
         Path(out_dir) / "raw-base",
