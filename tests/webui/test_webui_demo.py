@@ -48,7 +48,9 @@ def test_without_the_tools_it_says_what_to_run(only_path, tmp_path):
     assert "make-tiny-model" in str(error.value)
 
 
-def test_the_workspace_installs_the_command_beside_python():
+def test_the_workspace_installs_the_command_beside_python(monkeypatch):
+    # Found with an empty PATH too: a server started by the venv's python, not from an activated shell.
+    monkeypatch.setenv("PATH", "")
     found = demo.find_command()
     assert found is not None and Path(found).parent == Path(PYTHON).parent
     assert os.access(found, os.X_OK)
