@@ -304,7 +304,7 @@ def conversation_columns(count: int, max_length: int, vocab: int, seed: int) -> 
 
 def training_batches(args, shapes) -> dict[str, dict[str, torch.Tensor]]:
     """The packed batch (``args.rows`` rows of up to ``args.seq_len``) and the same conversations padded one per row."""
-    pad = special_ids(shapes)["pad"]
+    pad = special_ids(shapes).pad
     columns = conversation_columns(args.rows * 8, args.seq_len, shapes["text_vocab"], seed=0)
     packed = pack_rows(columns, args.seq_len)
     order = sorted(range(len(packed["length"])), key=lambda i: -packed["length"][i])[: args.rows]
