@@ -11,7 +11,7 @@ def test_dataset_records_match_their_images(tmp_path):
     paths = write_dataset(tmp_path, num_images=30, seed=3)
     captions = json.loads(paths["captions"].read_text())
     conversations = json.loads(paths["conversations"].read_text())
-    assert len(captions) == 30 and len(conversations) == 90
+    assert len(captions) == 30 and len(conversations) == 120
     for record in conversations:
         colours = Image.open(tmp_path / record["image"]).convert("RGB").getcolors(maxcolors=4096)
         # The most common non-grey colour (grey: the background) is the shape's colour.

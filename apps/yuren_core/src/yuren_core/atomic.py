@@ -34,3 +34,17 @@ def atomic_directory(target: str | PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def atomic_write_text(target: str | PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` through a temporary sibling file renamed into place."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+    try:
+        with open(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        Path(staging).replace(target)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,98 @@
+"""evaluate: score a YuRen checkpoint on MMLU, C-Eval and image benchmarks, in the seed's table layout.
+
+MMLU and C-Eval run through lm-evaluation-harness (model ``yuren``, prompts in
+the checkpoint's ChatML layout), zero-shot, by log-likelihood or by chain of
+thought (the seed's protocol). Image sets (POPE, MME, ScienceQA-IMG) are read
+from their own releases under --data_dir. Each benchmark writes
+``NAME.json`` and ``NAME.md`` (and for MMLU / C-Eval a per-subject ``NAME.png``)
+to --output_dir.
+
+examples:
+  evaluate dist/yuren-7b --tasks mmlu,ceval --protocol cot
+  evaluate dist/yuren-7b --tasks mmlu --limit 5                  # a quick look
+  evaluate dist/yuren-7b --tasks mmlu,ceval,pope --data_dir /data/benchmarks   # offline
+  evaluate dist/yuren-7b --tasks pope --data_dir /data/benchmarks --zero_image_features
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .image_sets import IMAGE_SETS, ImageSetError
+from .tasks import BENCHMARKS, PROTOCOLS
+
+TEXT_SETS = tuple(BENCHMARKS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evaluate", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )  # fmt: skip
+    parser.add_argument("model", help="a saved YuRen checkpoint directory")
+    parser.add_argument(
+        "--tasks", default="mmlu,ceval", help=f"comma-separated, from {', '.join(TEXT_SETS + IMAGE_SETS)}"
+    )
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="cot",
+        help="MMLU / C-Eval: chain-of-thought generation with answer extraction (the seed's) or log-likelihood",
+    )  # fmt: skip
+    parser.add_argument("--limit", type=int, default=None, help="at most this many questions per subject / image set")
+    parser.add_argument("--subjects", default=None, help="MMLU / C-Eval: only these subjects (comma-separated)")
+    parser.add_argument(
+        "--data_dir", type=Path, default=None,
+        help="local copies, one folder per task in the dataset's own format (mmlu/, ceval/, pope/, mme/, scienceqa/); "
+        "MMLU and C-Eval come from the hub without it",
+    )  # fmt: skip
+    parser.add_argument("--output_dir", type=Path, default=Path("eval-results"))
+    parser.add_argument("--batch_size", default="1", help="lm-eval batch size (a number or 'auto')")
+    parser.add_argument("--image_batch_size", type=int, default=16)
+    parser.add_argument("--max_gen_toks", type=int, default=512, help="chain-of-thought: most tokens generated")
+    parser.add_argument("--system_prompt", default=None, help="a system turn before every question (default: none)")
+    parser.add_argument(
+        "--zero_image_features", action="store_true", help="image sets: also score with the image features zeroed"
+    )
+    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if present)")
+    quantize = parser.add_mutually_exclusive_group()
+    quantize.add_argument("--load_8bit", action="store_true")
+    quantize.add_argument("--load_4bit", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``uv run evaluate``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TEXT_SETS + IMAGE_SETS]
+    if unknown or not tasks:
+        parser.error(f"unknown task(s) {unknown}; choose from {', '.join(TEXT_SETS + IMAGE_SETS)}")
+    if any(t in IMAGE_SETS for t in tasks) and args.data_dir is None:
+        parser.error("image sets are read from their own releases: pass --data_dir holding pope/, mme/, scienceqa/")
+    if not Path(args.model, "config.json").is_file():
+        parser.error(f"{args.model}/config.json not found: MODEL must be a saved YuRen checkpoint directory")
+
+    from .runner import run_image_set, run_text_benchmarks
+
+    text = [t for t in tasks if t in TEXT_SETS]
+    try:
+        model = None
+        if text:
+            lm, reports = run_text_benchmarks(args, text)
+            model = (lm.model, lm.tokenizer)
+            for report in reports:
+                print(Path(args.output_dir, f"{report['benchmark']}.md").read_text(encoding="utf-8"))
+        for name in (t for t in tasks if t in IMAGE_SETS):
+            model, report = run_image_set(args, name, model)
+            print(json.dumps({k: v for k, v in report.items() if k != "answers"}, ensure_ascii=False, indent=2))
+    except (ImageSetError, FileNotFoundError, ValueError) as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

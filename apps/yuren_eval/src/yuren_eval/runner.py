@@ -1,0 +1,127 @@
+"""The evaluation recipe: load the checkpoint once, run each benchmark, write its report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from yuren_core.atomic import atomic_write_text
+from yuren_core.vision import ImageProcessor
+
+from .image_sets import evaluate_image_set
+from .report import SubjectScore, write_text_report
+from .subjects import subjects
+from .tasks import BENCHMARKS, task_configs, task_name
+
+METRICS = {"loglikelihood": "acc,none", "cot": "exact_match,choice"}
+
+
+def subject_filter(requested: str | None, benchmark: str) -> list[str] | None:
+    """The requested subjects that belong to ``benchmark`` (``None``: all of them)."""
+    if not requested:
+        return None
+    names = [s.strip() for s in requested.split(",") if s.strip()]
+    known = {s for b in BENCHMARKS.values() for s in subjects(b.categories)}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(f"--subjects: no benchmark has subjects {unknown}")
+    return [s for s in names if s in subjects(BENCHMARKS[benchmark].categories)]
+
+
+def run_text_benchmarks(args: argparse.Namespace, benchmarks: list[str]):
+    """Run MMLU / C-Eval through lm-eval; write each one's report. Returns ``(lm, reports)``."""
+    import lm_eval
+
+    from .lm import YuRenLM
+
+    lm = YuRenLM(
+        str(args.model),
+        system_prompt=args.system_prompt,
+        batch_size=args.batch_size,
+        device=args.device,
+        load_8bit=args.load_8bit,
+        load_4bit=args.load_4bit,
+    )
+    plan: dict[str, list[str]] = {}
+    configs = []
+    for benchmark in benchmarks:
+        only = subject_filter(args.subjects, benchmark)
+        if only == []:
+            continue
+        data_dir = args.data_dir / benchmark if args.data_dir else None
+        chosen = task_configs(benchmark, args.protocol, data_dir=data_dir, only=only, max_gen_toks=args.max_gen_toks)
+        plan[benchmark] = [config["task"] for config in chosen]
+        configs += chosen
+    if not configs:
+        raise ValueError(f"--subjects {args.subjects} selects no subject of {', '.join(benchmarks)}")
+    output = lm_eval.simple_evaluate(model=lm, tasks=configs, limit=args.limit, log_samples=False)
+    reports = []
+    for benchmark, names in plan.items():
+        scores = {}
+        for subject in subjects(BENCHMARKS[benchmark].categories):
+            name = task_name(benchmark, subject)
+            if name in names:
+                accuracy = output["results"][name][METRICS[args.protocol]]
+                scores[subject] = SubjectScore(float(accuracy), int(output["n-samples"][name]["effective"]))
+        settings = {"protocol": args.protocol, "limit": args.limit, "system_prompt": args.system_prompt}
+        reports.append(
+            write_text_report(args.output_dir, benchmark, scores, model_name=Path(args.model).name, settings=settings)
+        )
+    return lm, reports
+
+
+def run_image_set(args: argparse.Namespace, benchmark: str, loaded):
+    """Score one image set (and with ``--zero_image_features`` the control too); write ``NAME.json`` and ``.md``.
+
+    ``loaded`` is ``(model, tokenizer)`` if already loaded, else ``None``. Returns ``(loaded, report)``.
+    """
+    from yuren_core.loading import load_model
+
+    if loaded is None:
+        model, tokenizer, _ = load_model(
+            args.model, load_8bit=args.load_8bit, load_4bit=args.load_4bit, device_map=args.device or _default_device()
+        )
+        loaded = (model, tokenizer)
+    model, tokenizer = loaded
+    processor = ImageProcessor.from_config(model.config)
+    settings = {"limit": args.limit, "batch_size": args.image_batch_size, "system_prompt": args.system_prompt}
+    folder = args.data_dir / benchmark
+    report = {"benchmark": benchmark, "model": Path(args.model).name, **settings}
+    report |= evaluate_image_set(model, tokenizer, processor, benchmark, folder, **_image_kwargs(args))
+    if args.zero_image_features:
+        zeroed = evaluate_image_set(
+            model, tokenizer, processor, benchmark, folder, zero_image_features=True, **_image_kwargs(args)
+        )
+        report["zeroed_image_features"] = {k: v for k, v in zeroed.items() if k != "answers"}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.output_dir / f"{benchmark}.json", json.dumps(report, ensure_ascii=False, indent=2))
+    atomic_write_text(args.output_dir / f"{benchmark}.md", image_markdown(report))
+    return loaded, report
+
+
+def _image_kwargs(args: argparse.Namespace) -> dict:
+    return {"limit": args.limit, "batch_size": args.image_batch_size, "system_prompt": args.system_prompt}
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def image_markdown(report: dict) -> str:
+    """One benchmark's scores as a markdown table: accuracy (and MME's score), with the control beside."""
+    columns = ["accuracy (%)"] + (["MME score"] if "score" in report else [])
+    rows = [("images", report)]
+    if "zeroed_image_features" in report:
+        rows.append(("image features zeroed", report["zeroed_image_features"]))
+    lines = [
+        f"## {report['benchmark']} ({report['n']} questions)\n",
+        f"| | {' | '.join(columns)} |",
+        f"|---|{'---|' * len(columns)}",
+    ]
+    for label, scores in rows:
+        cells = [f"{100 * scores['accuracy']:.2f}"] + ([f"{scores['score']:.2f}"] if "score" in report else [])
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
