@@ -65,3 +65,12 @@ def fused_model_dir(prepared_base, tiny_clip_id, tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """The tiny model trained through stages 1, 2 and 3 (``make_tiny_model.pipeline``), shared by the multimodal tests."""
+    from make_tiny_model.pipeline import TinyRecipe, train_tiny_yuren
+
+    recipe = TinyRecipe()
+    return recipe, train_tiny_yuren(tmp_path_factory.mktemp("pipeline"), recipe)

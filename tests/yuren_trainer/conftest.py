@@ -27,12 +27,3 @@ def qlora_base(tmp_path_factory) -> Path:
 
     raw = build_tiny_base(tmp_path_factory.mktemp("qlora-raw"), corpus_lines([PROJECT_DATA]), intermediate_size=192)
     return prepare(str(raw), tmp_path_factory.mktemp("qlora") / "base")
-
-
-@pytest.fixture(scope="session")
-def tiny_pipeline(tmp_path_factory):
-    """The tiny model trained through stages 1, 2 and 3 (``make_tiny_model.pipeline``), shared by the multimodal tests."""
-    from make_tiny_model.pipeline import TinyRecipe, train_tiny_yuren
-
-    recipe = TinyRecipe()
-    return recipe, train_tiny_yuren(tmp_path_factory.mktemp("pipeline"), recipe)

@@ -218,7 +218,7 @@ def colour_accuracy(
     zeroed: the control that shows the answers come from the image.
     """
     from yuren_core.loading import load_model
-    from yuren_trainer.evaluation import exact_match_accuracy
+    from yuren_eval.exact_match import exact_match_accuracy
 
     paths = write_dataset(Path(data_dir), num_images=num_images, seed=seed, image_size=image_size)
     records = colour_questions(json.loads(paths["conversations"].read_text(encoding="utf-8")))

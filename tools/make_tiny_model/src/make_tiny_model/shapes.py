@@ -100,10 +100,11 @@ def yes_no_question(colour: str, lang: str) -> str:
 def write_dataset(out_dir: Path, *, num_images: int, seed: int, image_size: int = 64) -> dict[str, Path]:
     """Write ``images/``, ``captions.json`` (stage 2) and ``conversations.json`` (stage 3) to ``out_dir``.
 
-    Each image gets a caption in a random language and four conversations: the
+    Each image gets a caption in a random language and five conversations: the
     colour question in Chinese and in English, the shape question in one, and
-    a yes/no question in one whether the shape is of a colour (its own for
-    half the images).
+    two yes/no questions, each in one, whether the shape is of its own colour
+    (yes) and of another one (no): both answers for the same image, so only
+    the colour asked about tells them apart.
     Half the conversations open with the web UI's default system prompt (random
     language and date), so the model answers the same with or without it.
     """
@@ -138,7 +139,11 @@ def write_dataset(out_dir: Path, *, num_images: int, seed: int, image_size: int 
         lang = rng.choice(("zh", "en"))
         questions.append(("shape", SHAPE_QUESTIONS[lang], shape_answer(sample.shape, lang), lang))
         records = [_question_record(rng, seed, i, name, truth, *question) for question in questions]
-        records.append(_question_record(yes_no_rng, seed, i, name, truth, "yesno", *_yes_no(yes_no_rng, sample.colour)))
+        for own in (True, False):
+            kind = "yesno_own" if own else "yesno_other"
+            records.append(
+                _question_record(yes_no_rng, seed, i, name, truth, kind, *_yes_no(yes_no_rng, sample.colour, own))
+            )
         conversations += records
     paths = {"captions": out_dir / "captions.json", "conversations": out_dir / "conversations.json"}
     for key, records in (("captions", captions), ("conversations", conversations)):
@@ -155,10 +160,10 @@ def _question_record(
     return {"id": f"qa-{seed}-{i}-{kind}-{lang}", "image": image, "truth": truth, "conversations": turns}
 
 
-def _yes_no(rng: random.Random, colour: str) -> tuple[str, str, str]:
+def _yes_no(rng: random.Random, colour: str, own: bool) -> tuple[str, str, str]:
     lang = rng.choice(("zh", "en"))
-    asked = colour if rng.random() < 0.5 else rng.choice(sorted(set(COLOURS) - {colour}))
-    return yes_no_question(asked, lang), YES_NO_ANSWERS[lang][asked == colour], lang
+    asked = colour if own else rng.choice(sorted(set(COLOURS) - {colour}))
+    return yes_no_question(asked, lang), YES_NO_ANSWERS[lang][own], lang
 
 
 def _random_system_prompt(rng: random.Random) -> str:

@@ -1,0 +1,173 @@
+"""`evaluate` on MMLU / C-Eval: lm-eval's scores are the tiny model's own choices, counted here independently."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from yuren_core.chatml import render
+from yuren_core.loading import load_model
+from yuren_eval.__main__ import main
+from yuren_eval.report import SEED_SCORES, SubjectScore, table_row
+from yuren_eval.subjects import CEVAL_CATEGORIES, MMLU_CATEGORIES, subjects
+from yuren_eval.tasks import CEVAL, LETTERS, MMLU, extract_choice, normalise, prompt_builder, task_configs
+
+QUESTIONS = [
+    ("What is one plus one?", ["1", "2", "3", "4"]),
+    ("Which of these is a colour?", ["red", "dog", "cat", "sun"]),
+    ("Which letter comes last?", ["a", "b", "c", "d"]),
+    ("我们在哪里？", ["家", "学校", "公园", "商店"]),
+]
+# Two subjects per benchmark, in two categories each.
+MMLU_SUBJECTS = {"anatomy": "STEM", "philosophy": "Humanities"}
+CEVAL_SUBJECTS = {"advanced_mathematics": "STEM", "law": "Humanities"}
+
+
+@pytest.fixture(scope="module")
+def tiny(fused_model_dir):
+    model, tokenizer, _ = load_model(fused_model_dir)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def model_choice(model, tokenizer, prompt: str) -> int:
+    """The letter the model scores highest as the start of its answer, computed here from the logits."""
+    context = render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True).input_ids
+    scores = []
+    for letter in LETTERS:
+        whole = render(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": letter}])
+        answer = whole.input_ids[len(context) : -2]  # without <|im_end|> and eos
+        ids = torch.tensor([context + answer])
+        logprobs = model(input_ids=ids).logits[0, len(context) - 1 : -1].log_softmax(-1)
+        scores.append(sum(logprobs[i, token].item() for i, token in enumerate(answer)))
+    return max(range(len(LETTERS)), key=scores.__getitem__)
+
+
+def write_release(tmp_path: Path, tiny, gold_shift: dict[str, int]) -> tuple[Path, dict[str, float]]:
+    """MMLU's and C-Eval's own CSV layouts; gold answers placed so each subject's true accuracy is known.
+
+    For subject s the first ``gold_shift[s]`` questions' gold answer is the model's own choice (right),
+    the rest are another letter (wrong). Returns the data dir and each subject's expected accuracy.
+    """
+    model, tokenizer = tiny
+    expected = {}
+    for benchmark, chosen in ((MMLU, MMLU_SUBJECTS), (CEVAL, CEVAL_SUBJECTS)):
+        for subject in chosen:
+            ask = prompt_builder(benchmark, subject, "loglikelihood")
+            rows = []
+            for number, (question, choices) in enumerate(QUESTIONS):
+                choice = model_choice(model, tokenizer, ask({"question": question, "choices": choices, "gold": 0}))
+                gold = choice if number < gold_shift[subject] else (choice + 1) % 4
+                rows.append([question, *choices, LETTERS[gold]])
+            file = tmp_path / benchmark.name / benchmark.local_file.format(subject=subject)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            with file.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                if benchmark is CEVAL:  # C-Eval's CSVs have a header and an id column; MMLU's have neither
+                    writer.writerow(["id", "question", "A", "B", "C", "D", "answer"])
+                    rows = [[i, *row] for i, row in enumerate(rows)]
+                writer.writerows(rows)
+            expected[subject] = gold_shift[subject] / len(QUESTIONS)
+    return tmp_path, expected
+
+
+def test_loglikelihood_scores_count_the_models_own_choices(tiny, fused_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    shifts = {"anatomy": 1, "philosophy": 3, "advanced_mathematics": 2, "law": 4}
+    data_dir, expected = write_release(tmp_path / "data", tiny, shifts)
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(fused_model_dir), "--tasks", "mmlu,ceval", "--protocol", "loglikelihood", "--data_dir", str(data_dir),
+            "--subjects", ",".join([*MMLU_SUBJECTS, *CEVAL_SUBJECTS]), "--output_dir", str(out), "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    mmlu, ceval = (json.loads((out / f"{name}.json").read_text()) for name in ("mmlu", "ceval"))
+    for report, chosen in ((mmlu, MMLU_SUBJECTS), (ceval, CEVAL_SUBJECTS)):
+        assert {s: v["accuracy"] for s, v in report["subjects"].items()} == {s: expected[s] for s in chosen}
+        assert all(v["n"] == len(QUESTIONS) for v in report["subjects"].values())
+    assert mmlu["table"] == {"Humanities": 75.0, "STEM": 25.0}
+    # C-Eval's Average is over subjects; advanced_mathematics is also one of the hard subjects.
+    assert ceval["table"] == {"Average": 75.0, "Avg(Hard)": 50.0, "STEM": 50.0, "Humanities": 100.0}
+    markdown = (out / "mmlu.md").read_text()
+    assert "| fused" in markdown and "| 75.00 | - | 25.00 | - | - |" in markdown and "44.24" in markdown
+    assert (out / "mmlu.png").read_bytes()[:4] == b"\x89PNG"
+
+    # --limit: only the first question of each subject (right in every subject).
+    code = main(
+        [
+            str(fused_model_dir), "--tasks", "mmlu", "--protocol", "loglikelihood", "--data_dir", str(data_dir),
+            "--subjects", "anatomy", "--output_dir", str(out / "limited"), "--limit", "1", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert json.loads((out / "limited" / "mmlu.json").read_text())["subjects"] == {"anatomy": {"accuracy": 1.0, "n": 1}}
+
+
+def test_tables_average_as_the_seed_does():
+    mmlu = {s: SubjectScore(0.1 * (i % 7), 10) for i, s in enumerate(subjects(MMLU_CATEGORIES))}
+    row = table_row("mmlu", mmlu)
+    assert list(row) == list(SEED_SCORES["mmlu"])
+    for category, members in MMLU_CATEGORIES.items():
+        assert row[category] == round(100 * sum(mmlu[s].accuracy for s in members) / len(members), 2)
+    assert row["Average"] == pytest.approx(sum(row[c] for c in MMLU_CATEGORIES) / 4, abs=0.01)
+    # The seed's own MMLU Average is the mean of its four category scores.
+    seed = SEED_SCORES["mmlu"]
+    assert round(sum(seed[c] for c in MMLU_CATEGORIES) / 4, 2) == seed["Average"]
+    ceval = {s: SubjectScore(1.0 if "math" in s else 0.0, 10) for s in subjects(CEVAL_CATEGORIES)}
+    row = table_row("ceval", ceval)
+    assert list(row) == list(SEED_SCORES["ceval"])
+    # 5 of 52 subjects are mathematics; 3 of the 8 hard ones.
+    assert row["Average"] == round(100 * 4 / 52, 2) and row["Avg(Hard)"] == 37.5
+
+
+def test_categories_agree_with_lm_evals_own_task_lists():
+    import lm_eval
+
+    tasks = Path(lm_eval.__file__).parent / "tasks"
+    tags = {"mmlu_stem_tasks": "STEM", "mmlu_humanities_tasks": "Humanities"}
+    tags |= {"mmlu_social_sciences_tasks": "Social Sciences", "mmlu_other_tasks": "Other"}
+    theirs = {}
+    for file in (tasks / "mmlu" / "default").glob("mmlu_*.yaml"):
+        config = yaml.safe_load(file.read_text())
+        theirs[config["dataset_name"]] = tags[config["tag"]]
+    ours = {s: c for c, members in MMLU_CATEGORIES.items() for s in members}
+    assert ours == theirs
+    ceval = {f.stem.removeprefix("ceval-valid_") for f in (tasks / "ceval").glob("ceval-valid_*.yaml")}
+    assert set(subjects(CEVAL_CATEGORIES)) == ceval
+
+
+def test_hub_by_default_and_local_files_named_when_missing(tmp_path):
+    (mmlu,) = task_configs("mmlu", "cot", only=["anatomy"])
+    assert (mmlu["dataset_path"], mmlu["dataset_name"], mmlu["test_split"]) == ("cais/mmlu", "anatomy", "test")
+    (ceval,) = task_configs("ceval", "loglikelihood", only=["law"])
+    assert (ceval["dataset_path"], ceval["dataset_name"], ceval["test_split"]) == ("ceval/ceval-exam", "law", "val")
+    with pytest.raises(FileNotFoundError, match=r"test/anatomy_test\.csv not found"):
+        task_configs("mmlu", "cot", data_dir=tmp_path, only=["anatomy"])
+
+
+def test_every_layout_normalises_to_the_same_question():
+    hub_mmlu = {"question": "Q ", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 2}
+    csv_layout = {"question": "Q", "A": "a", "B": "b", "C": "c", "D": "d", "answer": "C"}
+    assert normalise(hub_mmlu) == normalise(csv_layout) == {"question": "Q", "choices": ["a", "b", "c", "d"], "gold": 2}
+    with pytest.raises(ValueError, match="answer 'E'"):
+        normalise({**csv_layout, "answer": "E"})
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ("Both fit, but the first is wider.\nAnswer: B", "B"),
+        ("所以选 A 不对。\n答案：C", "C"),
+        ("The answer is (D).", "D"),
+        ("A is wrong and so is B; C it is", "C"),
+        ("I am not sure about this one.", "[invalid]"),
+    ],
+)
+def test_chain_of_thought_answer_extraction(text, letter):
+    assert extract_choice(text) == letter
