@@ -171,3 +171,48 @@ def test_every_layout_normalises_to_the_same_question():
 )
 def test_chain_of_thought_answer_extraction(text, letter):
     assert extract_choice(text) == letter
+
+
+def letter_by_length(text: str) -> str:
+    """A stand-in answer reader: the tiny model's text names no letter, but its length depends on every token."""
+    return LETTERS[len(text) % len(LETTERS)]
+
+
+@torch.no_grad()
+def model_cot_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """The model's greedy chain of thought, generated here."""
+    ids = render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True).input_ids
+    stop = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    output = model.generate(
+        input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop
+    )
+    return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+
+
+def test_chain_of_thought_scores_count_the_models_own_answers(tiny, fused_model_dir, tmp_path, monkeypatch):
+    import yuren_eval.tasks
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(yuren_eval.tasks, "extract_choice", letter_by_length)
+    model, tokenizer = tiny
+    ask = prompt_builder(MMLU, "anatomy", "cot")
+    rows = []
+    for number, (question, choices) in enumerate(QUESTIONS):
+        text = model_cot_text(model, tokenizer, ask({"question": question, "choices": choices, "gold": 0}), 24)
+        chosen = LETTERS.index(letter_by_length(text))
+        # The first question is answered right, the others wrong.
+        rows.append([question, *choices, LETTERS[chosen if number < 1 else (chosen + 1) % 4]])
+    file = tmp_path / "mmlu" / "test" / "anatomy_test.csv"
+    file.parent.mkdir(parents=True)
+    with file.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(fused_model_dir), "--tasks", "mmlu", "--protocol", "cot", "--max_gen_toks", "24",
+            "--data_dir", str(tmp_path), "--subjects", "anatomy", "--output_dir", str(out), "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "mmlu.json").read_text())
+    assert report["subjects"] == {"anatomy": {"accuracy": 1 / len(QUESTIONS), "n": len(QUESTIONS)}}

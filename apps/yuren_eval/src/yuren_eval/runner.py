@@ -32,6 +32,7 @@ def subject_filter(requested: str | None, benchmark: str) -> list[str] | None:
 def run_text_benchmarks(args: argparse.Namespace, benchmarks: list[str]):
     """Run MMLU / C-Eval through lm-eval; write each one's report. Returns ``(lm, reports)``."""
     import lm_eval
+    from lm_eval.tasks import TaskManager
 
     from .lm import YuRenLM
 
@@ -55,7 +56,9 @@ def run_text_benchmarks(args: argparse.Namespace, benchmarks: list[str]):
         configs += chosen
     if not configs:
         raise ValueError(f"--subjects {args.subjects} selects no subject of {', '.join(benchmarks)}")
-    output = lm_eval.simple_evaluate(model=lm, tasks=configs, limit=args.limit, log_samples=False)
+    # The tasks are inline configs: lm-eval's index of its thousands of bundled task files is not needed.
+    tasks = TaskManager(include_defaults=False)
+    output = lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=tasks, limit=args.limit, log_samples=False)
     reports = []
     for benchmark, names in plan.items():
         scores = {}
