@@ -4,14 +4,14 @@ import json
 
 from PIL import Image
 
-from make_tiny_model.shapes import COLOURS, YES_NO_ANSWERS, colour_answer, write_dataset, yes_no_question
+from make_tiny_model.shapes import COLOURS, colour_answer, write_dataset
 
 
 def test_dataset_records_match_their_images(tmp_path):
     paths = write_dataset(tmp_path, num_images=30, seed=3)
     captions = json.loads(paths["captions"].read_text())
     conversations = json.loads(paths["conversations"].read_text())
-    assert len(captions) == 30 and len(conversations) == 150
+    assert len(captions) == 30 and len(conversations) == 90
     for record in conversations:
         colours = Image.open(tmp_path / record["image"]).convert("RGB").getcolors(maxcolors=4096)
         # The most common non-grey colour (grey: the background) is the shape's colour.
@@ -24,20 +24,10 @@ def test_dataset_records_match_their_images(tmp_path):
     for record in colour_qs:
         lang = record["id"].rsplit("-", 1)[1]
         assert record["conversations"][-1]["value"] == colour_answer(record["truth"]["colour"], lang)
-    # Per image, "is it <its colour>?" -> yes and "is it <another colour>?" -> no, each in either language.
-    yes_no = [r for r in conversations if "-yesno_" in r["id"]]
-    assert len(yes_no) == 60
-    for record in yes_no:
-        lang = record["id"].rsplit("-", 1)[1]
-        own = "-yesno_own-" in record["id"]
-        asked = record["conversations"][-2]["value"].removeprefix("<image>\n")
-        named = [c for c in COLOURS if asked == yes_no_question(c, lang)]
-        assert (named == [record["truth"]["colour"]]) == own and len(named) == 1
-        assert record["conversations"][-1]["value"] == YES_NO_ANSWERS[lang][own]
     assert len({r["truth"]["colour"] for r in captions}) == len(COLOURS)
     # About half open with the web UI's default system prompt, so the model learns to answer under it.
     with_system = [r for r in conversations if r["conversations"][0]["from"] == "system"]
-    assert 0.3 * len(conversations) <= len(with_system) <= 0.7 * len(conversations)
+    assert 25 <= len(with_system) <= 65
     assert all("YuRen" in r["conversations"][0]["value"] for r in with_system)
 
 

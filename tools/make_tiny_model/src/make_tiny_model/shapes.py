@@ -36,9 +36,6 @@ SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
 COLOUR_QUESTIONS = {"zh": "图中的形状是什么颜色？", "en": "What colour is the shape in the picture?"}
 SHAPE_QUESTIONS = {"zh": "图中是什么形状？", "en": "What shape is in the picture?"}
 CAPTION_PROMPTS = {"zh": "用一句话描述这张图片。", "en": "Describe the image in one sentence."}
-# Yes/no questions (the format of POPE and MME): half name the shape's colour, half another one.
-YES_NO_QUESTIONS = {"zh": "图中的形状是{colour}吗？", "en": "Is the shape {colour}?"}
-YES_NO_ANSWERS = {"zh": {True: "是", False: "否"}, "en": {True: "Yes", False: "No"}}
 
 
 @dataclass(frozen=True)
@@ -92,27 +89,17 @@ def shape_answer(shape: str, lang: str) -> str:
     return SHAPES[shape] if lang == "zh" else shape
 
 
-def yes_no_question(colour: str, lang: str) -> str:
-    """The question whether the shape is ``colour``."""
-    return YES_NO_QUESTIONS[lang].format(colour=colour_answer(colour, lang))
-
-
 def write_dataset(out_dir: Path, *, num_images: int, seed: int, image_size: int = 64) -> dict[str, Path]:
     """Write ``images/``, ``captions.json`` (stage 2) and ``conversations.json`` (stage 3) to ``out_dir``.
 
-    Each image gets a caption in a random language and five conversations: the
-    colour question in Chinese and in English, the shape question in one, and
-    two yes/no questions, each in one, whether the shape is of its own colour
-    (yes) and of another one (no): both answers for the same image, so only
-    the colour asked about tells them apart.
+    Each image gets a caption in a random language and three conversations: the
+    colour question in Chinese and in English, and the shape question in one.
     Half the conversations open with the web UI's default system prompt (random
     language and date), so the model answers the same with or without it.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    # A stream of its own, so adding yes/no questions left every other record as it was.
-    yes_no_rng = random.Random(f"{seed}-yes-no")
     captions, conversations = [], []
     for i in range(num_images):
         sample = draw_sample(rng, image_size)
@@ -133,37 +120,21 @@ def write_dataset(out_dir: Path, *, num_images: int, seed: int, image_size: int 
         )
         # The colour question in both languages (it is what evaluation asks), the shape in one.
         questions = [
-            ("colour", COLOUR_QUESTIONS["zh"], colour_answer(sample.colour, "zh"), "zh"),
-            ("colour", COLOUR_QUESTIONS["en"], colour_answer(sample.colour, "en"), "en"),
+            (COLOUR_QUESTIONS, colour_answer(sample.colour, "zh"), "zh"),
+            (COLOUR_QUESTIONS, colour_answer(sample.colour, "en"), "en"),
         ]
         lang = rng.choice(("zh", "en"))
-        questions.append(("shape", SHAPE_QUESTIONS[lang], shape_answer(sample.shape, lang), lang))
-        records = [_question_record(rng, seed, i, name, truth, *question) for question in questions]
-        for own in (True, False):
-            kind = "yesno_own" if own else "yesno_other"
-            records.append(
-                _question_record(yes_no_rng, seed, i, name, truth, kind, *_yes_no(yes_no_rng, sample.colour, own))
-            )
-        conversations += records
+        questions.append((SHAPE_QUESTIONS, shape_answer(sample.shape, lang), lang))
+        for kind, (asked, answer, lang) in zip(("colour", "colour", "shape"), questions, strict=True):
+            turns = [{"from": "human", "value": f"<image>\n{asked[lang]}"}, {"from": "gpt", "value": answer}]
+            if rng.random() < 0.5:
+                turns.insert(0, {"from": "system", "value": _random_system_prompt(rng)})
+            record = {"id": f"qa-{seed}-{i}-{kind}-{lang}", "image": name, "truth": truth, "conversations": turns}
+            conversations.append(record)
     paths = {"captions": out_dir / "captions.json", "conversations": out_dir / "conversations.json"}
     for key, records in (("captions", captions), ("conversations", conversations)):
         paths[key].write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
     return paths
-
-
-def _question_record(
-    rng: random.Random, seed: int, i: int, image: str, truth: dict, kind: str, asked: str, answer: str, lang: str
-) -> dict:
-    turns = [{"from": "human", "value": f"<image>\n{asked}"}, {"from": "gpt", "value": answer}]
-    if rng.random() < 0.5:
-        turns.insert(0, {"from": "system", "value": _random_system_prompt(rng)})
-    return {"id": f"qa-{seed}-{i}-{kind}-{lang}", "image": image, "truth": truth, "conversations": turns}
-
-
-def _yes_no(rng: random.Random, colour: str, own: bool) -> tuple[str, str, str]:
-    lang = rng.choice(("zh", "en"))
-    asked = colour if own else rng.choice(sorted(set(COLOURS) - {colour}))
-    return yes_no_question(asked, lang), YES_NO_ANSWERS[lang][own], lang
 
 
 def _random_system_prompt(rng: random.Random) -> str:
@@ -175,9 +146,7 @@ def vocabulary_lines() -> list[str]:
     """Every caption, question and answer string, for training a tokenizer that covers them."""
     lines = [*COLOUR_QUESTIONS.values(), *SHAPE_QUESTIONS.values(), *CAPTION_PROMPTS.values()]
     lines += [default_system_prompt(lang) for lang in SYSTEM_PROMPT_TEMPLATES]
-    lines += [answer for answers in YES_NO_ANSWERS.values() for answer in answers.values()]
     for colour in COLOURS:
-        lines += [yes_no_question(colour, lang) for lang in YES_NO_QUESTIONS]
         for shape in SHAPES:
             sample = Sample(None, colour, shape)
             lines += [caption(sample, "zh"), caption(sample, "en")]
