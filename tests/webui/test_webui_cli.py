@@ -8,7 +8,8 @@ import pytest
 
 import webui.__main__ as cli
 from webui.app import build_app
-from webui.server import ExposureRefused, check_exposure, is_loopback, parse_auth, serve
+from webui.auth import ExposureRefused, check_exposure, is_loopback, parse_auth
+from webui.server import serve
 
 
 @pytest.mark.parametrize(

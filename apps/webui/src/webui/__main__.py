@@ -4,7 +4,11 @@ Examples::
 
     webui                                   # the small demo model, built on first use
     webui dist/yuren-7b-stage3 --load_8bit True
-    webui pleisto/yuren-baichuan-7b --server_name 0.0.0.0 --auth alice:secret
+    webui pleisto/yuren-baichuan-7b --server_name 0.0.0.0 --auth-file ~/.config/yuren/webui-auth
+
+Credentials: ``--auth-file FILE`` (one line ``USER:PASS``, readable only by you)
+or the ``YUREN_WEBUI_AUTH=USER:PASS`` environment variable. ``--auth USER:PASS``
+also works but shows the password to every user of the machine (``ps``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,18 @@ import os
 import sys
 from pathlib import Path
 
-from .labels import LANGUAGES
+# Light imports only until the exposure check has passed: refusing to start must be immediate.
+from .auth import (
+    ARGV_AUTH_WARNING,
+    AUTH_ENV,
+    MIN_PASSWORD_LENGTH,
+    CredentialsError,
+    ExposureRefused,
+    auth_file_is_private,
+    check_exposure,
+    resolve_credentials,
+)
+from .languages import LANGUAGES
 
 
 def str2bool(value: str) -> bool:
@@ -26,15 +41,6 @@ def str2bool(value: str) -> bool:
     if lowered in ("false", "no", "0", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
-
-
-def auth_pair(value: str) -> tuple[str, str]:
-    from .server import parse_auth
-
-    try:
-        return parse_auth(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def default_cache_dir() -> Path:
@@ -79,7 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also publish a temporary public gradio.live link (needs --auth)",
     )
     parser.add_argument(
-        "--auth", type=auth_pair, default=None, metavar="USER:PASS", help="require this user name and password"
+        "--auth-file",
+        "--auth_file",
+        dest="auth_file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"require the user name and password in FILE (one line USER:PASS; password at least "
+        f"{MIN_PASSWORD_LENGTH} characters); or set {AUTH_ENV}=USER:PASS",
+    )
+    parser.add_argument(
+        "--auth",
+        default=None,
+        metavar="USER:PASS",
+        help="as --auth-file, but every user of this machine can read the password in the process list",
     )
     parser.add_argument(
         "--allow-unauthenticated-public",
@@ -104,22 +123,26 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("webui").setLevel(logging.INFO)
     if args.load_8bit and args.load_4bit:
         build_parser().error("choose one of --load_8bit True and --load_4bit True, not both")
-
-    from .app import Limits, build_app
-    from .engine import ModelBackend
-    from .server import ExposureRefused, check_exposure, serve
-
     try:
-        # Before the (slow) model load: refusing to start should be immediate.
+        auth = resolve_credentials(argv_auth=args.auth, auth_file=args.auth_file)
+        # Before torch, Gradio and the model are loaded: refusing to start should be immediate.
         check_exposure(
             args.server_name,
             share=args.share,
-            auth=args.auth,
+            auth=auth,
             allow_unauthenticated_public=args.allow_unauthenticated_public,
         )
-    except ExposureRefused as error:
+    except (CredentialsError, ExposureRefused) as error:
         print(f"webui: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.auth is not None:
+        print(f"webui: warning: {ARGV_AUTH_WARNING}", file=sys.stderr)
+    if args.auth_file is not None and not auth_file_is_private(args.auth_file):
+        print(f"webui: warning: {args.auth_file} can be read by other users; chmod 600 it", file=sys.stderr)
+
+    from .app import Limits, build_app
+    from .engine import ModelBackend
+    from .server import serve
 
     demo = args.model is None
     if demo:
@@ -144,9 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         server_name=args.server_name,
         server_port=args.server_port,
         share=args.share,
-        auth=args.auth,
+        auth=auth,
         allow_unauthenticated_public=args.allow_unauthenticated_public,
         blocked_paths=[local] if local.exists() else [],
+        lang=args.lang,
     )
 
 

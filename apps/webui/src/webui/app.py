@@ -8,16 +8,21 @@ group of size 1, so the model answers one request at a time and the rest wait
 in Gradio's bounded queue (a full queue answers "busy").
 
 API names (for ``gradio_client``): ``/chat``, ``/retry``, ``/stop``,
-``/delete_last``, ``/new_conversation``.
+``/delete_last``, ``/new_conversation``. Every handler's failure reaches the
+caller as a ``gr.Error`` with a message (:func:`reported`); Stop, Delete last
+and New conversation also take the session's waiting request out of the queue.
 """
 
 from __future__ import annotations
 
+import functools
 import html
+import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -32,6 +37,7 @@ from .backend import (
     PromptTooLong,
     is_out_of_memory,
 )
+from .guard import cancel_waiting
 from .labels import Labels, labels_for
 from .session import Attachment, ChatSession, Exchange
 from .uploads import ACCEPTED_EXTENSIONS, ACCEPTED_FORMATS, ImageRejected, open_upload
@@ -51,9 +57,15 @@ class Limits:
     max_images_per_conversation: int = 16
     # 40 megapixels: any phone photo passes; a decompression bomb does not.
     max_image_pixels: int = 40_000_000
+    # One side more than this many times the other: too thin to show the model anything (None: no limit).
+    max_aspect_ratio: float | None = 25
     max_file_size: str = "20mb"
     # Requests waiting for the model beyond the one running; more get "busy".
     queue_size: int = 16
+    # Waiting requests one conversation, and one client address, may hold (None: no cap per address;
+    # behind a reverse proxy every user shares the proxy's address).
+    max_waiting_per_session: int = 1
+    max_waiting_per_address: int | None = 4
 
 
 class ChatController:
@@ -75,15 +87,25 @@ class ChatController:
                 top_p=float(top_p),
                 repetition_penalty=float(repetition_penalty),
             )
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise self.error(self.labels.invalid_settings.format(detail=html.escape(str(error)))) from None
+
+    def check_encodable(self, text: str, template: str) -> None:
+        """Refuse text that cannot be encoded as UTF-8 (lone surrogates): the tokenizer and display would fail."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise self.error(template) from None
 
     def check_system_prompt(self, system_prompt: str | None) -> str:
         system_prompt = system_prompt or ""
+        if not isinstance(system_prompt, str):
+            raise self.error(self.labels.bad_input.format(detail="the system prompt must be a string"))
         if len(system_prompt) > self.limits.max_system_chars:
             raise self.error(
                 self.labels.system_too_long.format(length=len(system_prompt), limit=self.limits.max_system_chars)
             )
+        self.check_encodable(system_prompt, self.labels.system_unencodable)
         return system_prompt
 
     def attach(self, paths: list[str], session: ChatSession) -> list[Attachment]:
@@ -100,13 +122,19 @@ class ChatController:
         attachments = []
         for path in paths:
             try:
-                image = open_upload(path, max_pixels=limits.max_image_pixels, formats=ACCEPTED_FORMATS)
+                image = open_upload(
+                    path,
+                    max_pixels=limits.max_image_pixels,
+                    max_aspect_ratio=limits.max_aspect_ratio,
+                    formats=ACCEPTED_FORMATS,
+                )
                 prepared = self.backend.prepare_image(image)
             except ImageRejected as rejected:
                 template = {
                     "too_large": labels.image_too_large,
                     "far_too_large": labels.image_far_too_large,
                     "format": labels.image_format,
+                    "aspect": labels.image_aspect,
                 }.get(rejected.reason, labels.image_unreadable)
                 raise self.error(template.format(name=html.escape(rejected.name), **rejected.details)) from None
             except ImagesNotSupported:
@@ -133,12 +161,17 @@ class ChatController:
         message is accepted, and given back if the model cannot take it.
         """
         message = message or {}
+        if not isinstance(message, dict):
+            raise self.error(self.labels.bad_input.format(detail="the message must be {text, files}"))
         text = message.get("text") or ""
-        files = list(message.get("files") or [])
+        files = message.get("files") or []
+        if not isinstance(text, str) or not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise self.error(self.labels.bad_input.format(detail="text must be a string and files a list of files"))
         if not text.strip() and not files:
             raise self.error(self.labels.empty_message)
         if len(text) > self.limits.max_text_chars:
             raise self.error(self.labels.text_too_long.format(length=len(text), limit=self.limits.max_text_chars))
+        self.check_encodable(text, self.labels.text_unencodable)
         system_prompt = self.check_system_prompt(system_prompt)
         params = self.params(top_p, temperature, max_new_tokens, repetition_penalty)
         exchange = Exchange(text=text, attachments=self.attach(files, session))
@@ -146,12 +179,15 @@ class ChatController:
         try:
             for display in self.answer(session, exchange, system_prompt, params):
                 yield display, None
-        except PromptTooLong as error:
-            # Nothing was generated: take the turn back out and return the user's message to the box.
-            if exchange in session.exchanges:
+        except Exception as error:
+            if not exchange.answer and exchange in session.exchanges:
+                # Nothing was generated: take the turn back out and return the user's message to the box,
+                # so a failed turn never stays in the conversation to break every later answer.
                 session.exchanges.remove(exchange)
-            yield session.display(), {"text": text, "files": files}
-            raise self.too_long(error) from None
+                yield session.display(), {"text": text, "files": files}
+            if isinstance(error, PromptTooLong):
+                raise self.too_long(error) from None
+            raise
 
     def retry(
         self,
@@ -167,10 +203,17 @@ class ChatController:
             raise self.error(self.labels.nothing_to_retry)
         system_prompt = self.check_system_prompt(system_prompt)
         params = self.params(top_p, temperature, max_new_tokens, repetition_penalty)
+        exchange = session.exchanges[-1]
+        previous = exchange.answer
         try:
-            yield from self.answer(session, session.exchanges[-1], system_prompt, params)
-        except PromptTooLong as error:
-            raise self.too_long(error) from None
+            yield from self.answer(session, exchange, system_prompt, params)
+        except Exception as error:
+            if not exchange.answer:
+                exchange.answer = previous  # nothing new was generated: keep the answer there was
+                yield session.display()
+            if isinstance(error, PromptTooLong):
+                raise self.too_long(error) from None
+            raise
 
     def too_long(self, error: PromptTooLong) -> gr.Error:
         return self.error(
@@ -193,6 +236,16 @@ class ChatController:
         exchange.answer = ""
         yield session.display()
         messages, images = session.conversation(system_prompt)
+        unreachable = self.backend.unreachable_turns(messages, images)
+        if unreachable:
+            # They can never be in a prompt again: keeping them would only make every answer slower.
+            session.drop_oldest(unreachable)
+            session.notice = self.labels.turns_dropped.format(
+                count=session.dropped_turns, context_length=self.backend.context_length
+            )
+            gr.Warning(session.notice)
+            messages, images = session.conversation(system_prompt)
+            yield session.display()
         pieces = self.backend.stream(messages, images, params, stop_event)
         try:
             for piece in pieces:
@@ -228,6 +281,54 @@ class ChatController:
         """Forget the conversation (stopping its generation if one is running)."""
         session.clear()
         return session.display()
+
+
+def reported(handler: Callable, labels: Labels) -> Callable:
+    """``handler`` whose unexpected failures reach the caller as a ``gr.Error`` naming the error type.
+
+    Without this, Gradio (``show_error=False``) answers API callers an error with no message at all.
+    """
+
+    def internal(error: Exception) -> gr.Error:
+        logger.exception("%s failed", getattr(handler, "__name__", "handler"))
+        name = html.escape(type(error).__name__)
+        return gr.Error(labels.internal_error.format(error=name), title=labels.error_title, print_exception=False)
+
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def generator(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as error:
+                raise internal(error) from None
+
+        return generator
+    if inspect.iscoroutinefunction(handler):
+
+        @functools.wraps(handler)
+        async def coroutine(*args, **kwargs):
+            try:
+                return await handler(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as error:
+                raise internal(error) from None
+
+        return coroutine
+
+    @functools.wraps(handler)
+    def function(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as error:
+            raise internal(error) from None
+
+    return function
 
 
 def new_session() -> ChatSession:
@@ -329,24 +430,56 @@ def build_app(
                         elem_id="repetition-penalty",
                     )
 
+        def unqueue(handler: Callable[[ChatSession], Any]) -> Callable:
+            """``handler``, then the session's requests still waiting in the queue are cancelled too.
+
+            ``cancels=`` alone only reaches what the browser tab knows about; an API
+            client's waiting request would still run after Stop.
+            """
+
+            async def run(session_state: ChatSession, request: gr.Request):
+                result = handler(session_state)
+                if request.session_hash:
+                    await cancel_waiting(app, request.session_hash, labels.stopped_before_start)
+                return result
+
+            run.__name__ = handler.__name__
+            return reported(run, labels)
+
         settings = [system_prompt, top_p, temperature, max_new_tokens, repetition_penalty]
         generating = {"concurrency_limit": 1, "concurrency_id": GENERATE, "show_progress": "minimal"}
         chat_event = message.submit(
-            controller.chat, [message, session, *settings], [chatbot, message], api_name="chat", **generating
+            reported(controller.chat, labels),
+            [message, session, *settings],
+            [chatbot, message],
+            api_name="chat",
+            **generating,
         )
-        retry_event = retry.click(controller.retry, [session, *settings], [chatbot], api_name="retry", **generating)
+        retry_event = retry.click(
+            reported(controller.retry, labels), [session, *settings], [chatbot], api_name="retry", **generating
+        )
         running = [chat_event, retry_event]
         # Light events skip the queue, so Stop works even when the queue is full.
-        stop.click(controller.stop, [session], None, api_name="stop", queue=False, cancels=running)
+        stop.click(unqueue(controller.stop), [session], None, api_name="stop", queue=False, cancels=running)
         delete_last.click(
-            controller.delete_last, [session], [chatbot], api_name="delete_last", queue=False, cancels=running
+            unqueue(controller.delete_last), [session], [chatbot], api_name="delete_last", queue=False, cancels=running
         )
         new_conversation.click(
-            controller.new_conversation, [session], [chatbot], api_name="new_conversation", queue=False, cancels=running
+            unqueue(controller.new_conversation),
+            [session],
+            [chatbot],
+            api_name="new_conversation",
+            queue=False,
+            cancels=running,
         )
         # The chat window's own trash button must clear the conversation too, not just the display.
         chatbot.clear(
-            controller.new_conversation, [session], [chatbot], api_visibility="private", queue=False, cancels=running
+            unqueue(controller.new_conversation),
+            [session],
+            [chatbot],
+            api_visibility="private",
+            queue=False,
+            cancels=running,
         )
     # api_open=False: direct POSTs to /run/<api_name> would skip the queue and its concurrency limit.
     app.queue(max_size=limits.queue_size, api_open=False, default_concurrency_limit=1)

@@ -94,6 +94,15 @@ class ChatBackend(Protocol):
         """Turn a checked, decoded image into what :meth:`stream` takes (raises :class:`ImagesNotSupported`)."""
         ...
 
+    def unreachable_turns(self, messages: Sequence[Mapping], images: Sequence[Any]) -> int:
+        """How many of the oldest user turns (with their answers) can never be part of a prompt again.
+
+        Those are the turns that would be left out even with no system prompt
+        and a one-token answer: the conversation only grows, so they stay out.
+        The newest user turn is never counted.
+        """
+        ...
+
     def stream(
         self,
         messages: Sequence[Mapping],

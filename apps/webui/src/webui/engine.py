@@ -101,21 +101,15 @@ class ModelBackend:
             raise ImagesNotSupported("the loaded model reads text only")
         return self.image_processor.preprocess(image)
 
-    def build_prompt(self, messages: Sequence[Mapping], images: Sequence[Any], max_new_tokens: int) -> Prompt:
-        """Render ``messages`` leaving room for ``max_new_tokens``, dropping the oldest turns if needed.
+    def _fit(self, system: list, turns: list, budget: int):
+        """Render ``system`` + ``turns`` dropping the fewest oldest user turns to fit ``budget`` tokens.
 
-        A leading system message is always kept; turns are dropped from the
-        front a whole user turn (with its images and the answer to it) at a
-        time. Raises :class:`~webui.backend.PromptTooLong` when even the system
-        prompt plus the last user turn does not fit.
+        Returns ``(rendered, dropped)``; ``rendered`` is over budget only when
+        the newest user turn alone does not fit (then ``dropped`` leaves just it).
         """
-        messages = list(messages)
-        system = messages[:1] if messages and messages[0].get("role") == "system" else []
-        turns = messages[len(system) :]
         starts = [i for i, message in enumerate(turns) if message.get("role") == "user"]
         if not starts:
             raise ValueError("the conversation has no user turn to answer")
-        budget = self.context_length - max_new_tokens
 
         def from_turn(first: int):
             return render(
@@ -128,13 +122,11 @@ class ModelBackend:
         # Usually everything fits: one render. Otherwise find the fewest turns to drop by
         # bisection (dropping more turns never makes the prompt longer).
         fitted, dropped = from_turn(0), 0
-        if fitted.num_images != len(images):
-            raise ValueError(f"the messages place {fitted.num_images} images but {len(images)} were given")
         if len(fitted.input_ids) > budget:
             dropped = len(starts) - 1
             fitted = from_turn(dropped)
             if len(fitted.input_ids) > budget:
-                raise PromptTooLong(len(fitted.input_ids), max_new_tokens, self.context_length)
+                return fitted, dropped
             low = 1  # invariant: from_turn(low - 1) is too long, fitted = from_turn(dropped) fits
             while low < dropped:
                 middle = (low + dropped) // 2
@@ -143,9 +135,39 @@ class ModelBackend:
                     low = middle + 1
                 else:
                     fitted, dropped = candidate, middle
+        return fitted, dropped
+
+    @staticmethod
+    def _split_system(messages: Sequence[Mapping]) -> tuple[list, list]:
+        messages = list(messages)
+        system = messages[:1] if messages and messages[0].get("role") == "system" else []
+        return system, messages[len(system) :]
+
+    def build_prompt(self, messages: Sequence[Mapping], images: Sequence[Any], max_new_tokens: int) -> Prompt:
+        """Render ``messages`` leaving room for ``max_new_tokens``, dropping the oldest turns if needed.
+
+        A leading system message is always kept; turns are dropped from the
+        front a whole user turn (with its images and the answer to it) at a
+        time. Raises :class:`~webui.backend.PromptTooLong` when even the system
+        prompt plus the last user turn does not fit.
+        """
+        system, turns = self._split_system(messages)
+        budget = self.context_length - max_new_tokens
+        fitted, dropped = self._fit(system, turns, budget)
+        if len(fitted.input_ids) > budget:
+            raise PromptTooLong(len(fitted.input_ids), max_new_tokens, self.context_length)
+        if dropped:
             logger.info("left out the %d oldest turns to fit the %d-token context", dropped, self.context_length)
+        elif fitted.num_images != len(images):
+            raise ValueError(f"the messages place {fitted.num_images} images but {len(images)} were given")
         kept_images = list(images[len(images) - fitted.num_images :]) if fitted.num_images else []
         return Prompt(input_ids=fitted.input_ids, images=kept_images, dropped_turns=dropped)
+
+    def unreachable_turns(self, messages: Sequence[Mapping], images: Sequence[Any]) -> int:
+        """See :meth:`webui.backend.ChatBackend.unreachable_turns`: fitted with no system prompt, one answer token."""
+        _, turns = self._split_system(messages)
+        _, dropped = self._fit([], turns, self.context_length - 1)
+        return dropped
 
     def generation_kwargs(self, params: GenerationParams) -> dict[str, Any]:
         """Arguments for ``model.generate`` carrying ``params`` (sampling, or greedy at temperature 0)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from yuren_core.prompts import default_system_prompt
 
-LANGUAGES = ("zh", "en")
+from .languages import LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,21 @@ class Labels:
     generation_failed: str
     nothing_to_retry: str
     invalid_settings: str
+    # Limits on abuse: unencodable text, thin images, dropped history, queue and request bounds.
+    text_unencodable: str
+    system_unencodable: str
+    bad_input: str
+    image_aspect: str
+    turns_dropped: str
+    stopped_before_start: str
+    internal_error: str
+    length_required: str
+    bad_length: str
+    body_too_large: str
+    too_many_files: str
+    login_wait: str
+    session_queue_full: str
+    address_queue_full: str
 
     def default_system_prompt(self, today: datetime.date | None = None) -> str:
         """The default system prompt in this language, dated ``today`` (the current date if not given)."""
@@ -102,6 +117,20 @@ ZH = Labels(
     generation_failed="生成失败（{error}），请重试。",
     nothing_to_retry="还没有可以重新生成的回答。",
     invalid_settings="生成参数无效：{detail}",
+    text_unencodable="消息里有无法编码的字符（例如单独的代理项 U+D800），请删除后重新发送。",
+    system_unencodable="系统提示词里有无法编码的字符（例如单独的代理项 U+D800），请删除后重试。",
+    bad_input="请求格式不对：{detail}",
+    image_aspect="图片 {name} 是 {width}×{height} 像素：长边超过短边的 {limit} 倍，太细长了，模型看不清。请裁剪后再上传。",
+    turns_dropped="（最早的 {count} 轮对话已从本次对话中移除：它们已超出模型 {context_length} 个 token 的上下文，模型再也看不到。）",
+    stopped_before_start="已停止：这个请求还在排队，没有开始生成。",
+    internal_error="服务器出错了（{error}），请重试。",
+    length_required="请求必须带 Content-Length 头。",
+    bad_length="Content-Length 头无效。",
+    body_too_large="请求太大：上限是 {limit}。",
+    too_many_files="一次上传的文件太多：最多 {limit} 个。",
+    login_wait="登录失败次数太多，请 {seconds} 秒后再试。",
+    session_queue_full="这个对话已经有请求在排队（{limit} 个），请等它完成或点“停止”。",
+    address_queue_full="来自你的地址的排队请求已达上限（{limit} 个），请等它们完成。",
 )
 
 EN = Labels(
@@ -149,6 +178,20 @@ EN = Labels(
     generation_failed="Generation failed ({error}); please retry.",
     nothing_to_retry="There is no answer to retry yet.",
     invalid_settings="Invalid generation settings: {detail}",
+    text_unencodable="The message contains characters that cannot be encoded (such as a lone surrogate, U+D800); remove them and send it again.",
+    system_unencodable="The system prompt contains characters that cannot be encoded (such as a lone surrogate, U+D800); remove them and try again.",
+    bad_input="Malformed request: {detail}",
+    image_aspect="The image {name} is {width}×{height} pixels: one side is more than {limit} times the other, too thin for the model to see anything. Crop it and upload it again.",
+    turns_dropped="(The {count} earliest turns were removed from this conversation: they no longer fit the model's context of {context_length} tokens, so the model can no longer see them.)",
+    stopped_before_start="Stopped: this request was still waiting in the queue and never started.",
+    internal_error="Something went wrong on the server ({error}); please try again.",
+    length_required="The request must carry a Content-Length header.",
+    bad_length="The Content-Length header is not valid.",
+    body_too_large="The request is too large: the limit is {limit}.",
+    too_many_files="Too many files in one upload: at most {limit}.",
+    login_wait="Too many failed logins; try again in {seconds} s.",
+    session_queue_full="This conversation already has {limit} request(s) waiting; wait for it or press Stop.",
+    address_queue_full="Your address already has {limit} requests waiting; wait for them to finish.",
 )
 
 LABELS = {"zh": ZH, "en": EN}

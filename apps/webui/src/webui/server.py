@@ -1,67 +1,26 @@
-"""Launching the UI safely: loopback by default, no share, optional auth, bounded uploads.
+"""Launching the UI safely: loopback by default, no share, optional auth, bounded requests.
 
-:func:`check_exposure` refuses to serve beyond this machine (a non-loopback
-address, or a Gradio share link) without a password unless the operator says
-so explicitly. :func:`serve` launches with settings that keep the machine's
-files private: nothing is served but the app's own assets and what users
-upload, and the model directory is blocked outright.
+:func:`~webui.auth.check_exposure` refuses to serve beyond this machine (a
+non-loopback address, or a Gradio share link) without a password unless the
+operator says so explicitly. :func:`serve` launches with settings that keep the
+machine's files private: nothing is served but the app's own assets and what
+users upload, and the model directory is blocked outright. Every request passes
+:class:`~webui.guard.RequestGuard` first (body bounds, login backoff, queue caps).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from .app import Limits
-
-
-class ExposureRefused(RuntimeError):
-    """Serving beyond localhost without authentication, and the operator did not insist."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or ``localhost``) only accepts connections from this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        # A host name may resolve to any interface: treat it as public.
-        return False
-
-
-def check_exposure(
-    server_name: str,
-    *,
-    share: bool,
-    auth: tuple[str, str] | None,
-    allow_unauthenticated_public: bool = False,
-) -> None:
-    """Raise :class:`ExposureRefused` when the server would be reachable by others without a password."""
-    if auth is not None or allow_unauthenticated_public:
-        return
-    if share:
-        raise ExposureRefused(
-            "--share True publishes the UI on a public gradio.live link; protect it with --auth USER:PASS "
-            "(or pass --allow-unauthenticated-public to serve it to anyone)"
-        )
-    if not is_loopback(server_name):
-        raise ExposureRefused(
-            f"--server_name {server_name} makes the UI reachable from other machines; protect it with "
-            "--auth USER:PASS (or pass --allow-unauthenticated-public to serve it to anyone on the network)"
-        )
-
-
-def parse_auth(value: str) -> tuple[str, str]:
-    """``user:pass`` -> ``(user, pass)``; the password may itself contain colons."""
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise ValueError(f"expected USER:PASS with both parts non-empty, got {value!r}")
-    return user, password
+from .auth import LoginThrottle, check_exposure, parse_auth, password_checker
+from .guard import BodyLimits, RequestGuard
+from .labels import labels_for
 
 
 def serve(
@@ -74,21 +33,38 @@ def serve(
     auth: tuple[str, str] | None = None,
     allow_unauthenticated_public: bool = False,
     blocked_paths: Sequence[str | PathLike] = (),
+    lang: str = "en",
+    login_throttle: LoginThrottle | None = None,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
 ):
-    """Check the exposure, then launch ``app``; returns what ``gr.Blocks.launch`` returns.
+    """Check the exposure and the credentials, then launch ``app``; returns what ``gr.Blocks.launch`` returns.
 
     ``blocked_paths`` (e.g. the model directory) can never be read through
-    Gradio's file routes, whatever else is configured.
+    Gradio's file routes, whatever else is configured. ``lang`` is the language
+    of the guard's refusals; ``login_throttle`` defaults to :class:`~webui.auth.LoginThrottle`'s.
     """
     limits = limits or Limits()
     check_exposure(server_name, share=share, auth=auth, allow_unauthenticated_public=allow_unauthenticated_public)
+    checker = None
+    if auth is not None:
+        user, password = parse_auth(f"{auth[0]}:{auth[1]}", source="auth")  # the same rules however they came
+        checker = password_checker(user, password)
+    guard = Middleware(
+        RequestGuard,
+        blocks=app,
+        body_limits=BodyLimits.from_limits(limits),
+        throttle=login_throttle or LoginThrottle(),
+        max_waiting_per_session=limits.max_waiting_per_session,
+        max_waiting_per_address=limits.max_waiting_per_address,
+        messages=labels_for(lang),
+    )
     return app.launch(
         server_name=server_name,
         server_port=server_port,
         share=share,
-        auth=auth,
+        auth=checker,
+        app_kwargs={"middleware": [guard]},
         max_file_size=limits.max_file_size,
         blocked_paths=[str(Path(path).resolve()) for path in blocked_paths] or None,
         show_error=False,  # gr.Error messages still reach users; tracebacks and internals do not

@@ -59,6 +59,9 @@ class ChatSession:
     """
 
     exchanges: list[Exchange] = field(default_factory=list)
+    # Oldest turns removed because they could never fit the model's context again, and what the user is told.
+    dropped_turns: int = 0
+    notice: str = ""
     _generation: int = 0
     _stop_event: threading.Event | None = None
 
@@ -90,6 +93,15 @@ class ChatSession:
         self.stop()
         self._generation += 1
         self.exchanges.clear()
+        self.dropped_turns = 0
+        self.notice = ""
+
+    def drop_oldest(self, count: int) -> None:
+        """Forget the ``count`` oldest exchanges (never the newest), with their images."""
+        count = min(count, len(self.exchanges) - 1)
+        if count > 0:
+            del self.exchanges[:count]
+            self.dropped_turns += count
 
     @property
     def num_images(self) -> int:
@@ -112,6 +124,8 @@ class ChatSession:
     def display(self) -> list[dict]:
         """The conversation as ``gr.Chatbot`` messages (images shown in the turn they came with)."""
         shown: list[dict] = []
+        if self.notice:
+            shown.append({"role": "assistant", "content": {"type": "text", "text": self.notice}})
         for exchange in self.exchanges:
             for attachment in exchange.attachments:
                 shown.append({"role": "user", "content": {"path": attachment.path}})

@@ -29,7 +29,8 @@ class ImageRejected(ValueError):
 
     ``reason`` is ``too_large`` (details: width, height, limit), ``far_too_large``
     (so large Pillow would not even report its size; details: limit),
-    ``unreadable`` or ``format`` (details: format, accepted).
+    ``aspect`` (one side more than ``limit`` times the other; details: width,
+    height, limit), ``unreadable`` or ``format`` (details: format, accepted).
     """
 
     def __init__(self, reason: str, name: str, **details):
@@ -43,11 +44,13 @@ def open_upload(
     path: str | PathLike,
     *,
     max_pixels: int,
+    max_aspect_ratio: float | None = None,
     formats: Sequence[str] = ACCEPTED_FORMATS,
 ) -> Image.Image:
     """Open and fully decode the uploaded image at ``path``, or raise :class:`ImageRejected`.
 
-    The format and pixel count come from the header, checked before decoding.
+    The format, pixel count and aspect ratio come from the header, checked
+    before decoding.
     """
     name = Path(path).name
     try:
@@ -64,6 +67,8 @@ def open_upload(
             check_pixel_limit(image, max_pixels, name=name)
         except ImageTooLargeError as error:
             raise ImageRejected("too_large", name, width=image.width, height=image.height, limit=max_pixels) from error
+        if max_aspect_ratio is not None and max(image.size) > max_aspect_ratio * min(image.size):
+            raise ImageRejected("aspect", name, width=image.width, height=image.height, limit=max_aspect_ratio)
         try:
             image.load()
         except Exception as error:  # Pillow raises many types on corrupt data; all mean "unreadable"

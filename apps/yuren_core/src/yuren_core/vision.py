@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -199,13 +200,47 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
     return canvas
 
 
+def shrink_long_side(image: Image.Image, size: int) -> Image.Image:
+    """Downscale ``image`` (keeping its aspect ratio, sides at least 1 pixel) so its long side is at most ``size``."""
+    width, height = image.size
+    long_side = max(width, height)
+    if long_side <= size:
+        return image
+    scale = size / long_side
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def crop_to_kept_region(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Crop ``image`` to the centre region a shortest-side resize to ``size`` (h, w) plus centre crop would use.
+
+    That transform scales the short side up or down to the target and the long
+    side by the same factor, then keeps the centre: a 1 x 1,000,000 image would
+    become 224 x 224,000,000 pixels before the crop. Cropping first, with a
+    margin (twice the kept region), bounds the work by the target size and
+    changes nothing an image of ordinary shape would see.
+    """
+    width, height = image.size
+    target_h, target_w = size
+    scale = max(target_h / height, target_w / width)
+    keep_w = min(width, math.ceil(2 * target_w / scale))
+    keep_h = min(height, math.ceil(2 * target_h / scale))
+    if (keep_w, keep_h) == (width, height):
+        return image
+    left, top = (width - keep_w) // 2, (height - keep_h) // 2
+    return image.crop((left, top, left + keep_w, top + keep_h))
+
+
 class ImageProcessor:
     """Turn images into the ``pixel_values`` a YuRen model's vision tower takes.
 
     Steps, in order: size check, EXIF orientation, RGB conversion (alpha onto
     white), optional padding to a square (with the normalisation mean colour,
     as LLaVA does), then open_clip's resize / center crop / normalise from the
-    checkpoint's preprocess config.
+    checkpoint's preprocess config. Before anything is scaled up, the image is
+    bounded by what the tower sees (:func:`shrink_long_side` before padding,
+    :func:`crop_to_kept_region` before a shortest-side resize), so the work per
+    image never grows with how thin or tall it is.
     """
 
     def __init__(
@@ -255,7 +290,10 @@ class ImageProcessor:
         image = ImageOps.exif_transpose(image)
         image = to_rgb(image)
         if self.pad_to_square:
-            image = expand_to_square(image, self.fill)
+            # Shrinking first: padding a 1 x 1,000,000 strip to a square would take 3 TB.
+            image = expand_to_square(shrink_long_side(image, max(self.image_size)), self.fill)
+        elif self.config.resize_mode == "shortest":
+            image = crop_to_kept_region(image, self.image_size)
         return image
 
     def preprocess(self, image: ImageSource) -> torch.Tensor:
