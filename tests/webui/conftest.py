@@ -33,6 +33,12 @@ class FakeBackend:
     def prepare_image(self, image):
         return f"image{image.size[0]}x{image.size[1]}"
 
+    def unreachable_turns(self, messages, images):
+        """Turns beyond ``max_turns`` (the newest kept) never fit; without it everything does."""
+        max_turns = getattr(self, "max_turns", None)
+        turns = sum(message["role"] == "user" for message in messages)
+        return max(0, turns - max_turns) if max_turns else 0
+
     def stream(self, messages, images, params, stop_event):
         call = {"messages": messages, "images": list(images), "params": params, "pieces": 0, "stopped": False}
         call["stop_event"] = stop_event

@@ -8,7 +8,7 @@ import pytest
 
 import webui.__main__ as cli
 from webui.app import build_app
-from webui.auth import ExposureRefused, check_exposure, is_loopback, parse_auth
+from webui.auth import AUTH_ENV, ExposureRefused, check_exposure, is_loopback, parse_auth
 from webui.server import serve
 
 
@@ -20,12 +20,32 @@ def test_booleans_parse_as_written(text, value):
     assert args.load_8bit is value and args.share is value
 
 
-def test_bad_boolean_and_auth_are_usage_errors(capsys):
-    for argv in (["--load_8bit", "maybe"], ["--auth", "nopassword"], ["--auth", ":pw"]):
-        with pytest.raises(SystemExit) as exited:
-            cli.build_parser().parse_args(argv)
-        assert exited.value.code == 2
+def test_bad_boolean_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(["--load_8bit", "maybe"])
+    assert exited.value.code == 2
     assert "expected True or False" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--auth", "nopassword"], "expected USER:PASS"),
+        (["--auth", ":long-enough-pw"], "expected USER:PASS"),
+        (["--auth", "alice:short"], "has 5 characters; use at least 10"),
+    ],
+)
+def test_bad_credentials_are_refused_before_loading_anything(monkeypatch, capsys, argv, message):
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded despite unusable credentials")
+
+    monkeypatch.setattr("webui.engine.ModelBackend.from_pretrained", must_not_load)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["model", *argv])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_defaults_are_private():
@@ -42,9 +62,11 @@ def test_loopback_addresses(host, loopback):
 
 
 def test_auth_pairs():
-    assert parse_auth("alice:pa:ss") == ("alice", "pa:ss")
+    assert parse_auth("alice:pa:ss-and-more") == ("alice", "pa:ss-and-more")
     with pytest.raises(ValueError):
         parse_auth("alice:")
+    with pytest.raises(ValueError, match="at least 10"):
+        parse_auth("alice:123456789")
 
 
 def test_public_without_auth_is_refused_unless_insisted():
@@ -52,7 +74,7 @@ def test_public_without_auth_is_refused_unless_insisted():
         check_exposure("0.0.0.0", share=False, auth=None)
     with pytest.raises(ExposureRefused, match="gradio.live"):
         check_exposure("127.0.0.1", share=True, auth=None)
-    check_exposure("0.0.0.0", share=True, auth=("a", "b"))
+    check_exposure("0.0.0.0", share=True, auth=("a", "b" * 10))
     check_exposure("0.0.0.0", share=False, auth=None, allow_unauthenticated_public=True)
     check_exposure("127.0.0.1", share=False, auth=None)
 
@@ -73,13 +95,14 @@ def test_cli_refuses_public_without_auth_before_loading_anything(monkeypatch, ca
         with pytest.raises(SystemExit) as exited:
             cli.main(argv)
         assert exited.value.code == 2
-    assert "--auth USER:PASS" in capsys.readouterr().err
+    assert "--auth-file FILE" in capsys.readouterr().err
 
 
 @pytest.fixture
 def launched(monkeypatch, fake_backend):
     """Run ``cli.main`` with model loading and serving replaced; return what they were given."""
     seen = {}
+    monkeypatch.delenv(AUTH_ENV, raising=False)
 
     def load(path, **kwargs):
         seen["load"] = (str(path), kwargs)
@@ -97,10 +120,10 @@ def test_cli_serves_the_named_model(launched, tmp_path):
     model = tmp_path / "my-model"
     model.mkdir()
     cli.main([str(model), "--load_8bit", "False", "--load_4bit", "True", "--server_name", "0.0.0.0",
-              "--auth", "alice:secret", "--lang", "en"])  # fmt: skip
+              "--auth", "alice:secret-enough", "--lang", "en"])  # fmt: skip
     assert launched["load"] == (str(model), {"load_8bit": False, "load_4bit": True})
     settings = launched["serve"]
-    assert settings["server_name"] == "0.0.0.0" and settings["auth"] == ("alice", "secret")
+    assert settings["server_name"] == "0.0.0.0" and settings["auth"] == ("alice", "secret-enough")
     assert settings["blocked_paths"] == [model]  # the model directory is never served
     config = json.dumps(launched["app"].config, ensure_ascii=False, default=str)
     assert "my-model" in config and str(tmp_path) not in config and "demo model" not in config

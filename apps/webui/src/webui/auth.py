@@ -207,5 +207,5 @@ class LoginThrottle:
             return
         record.failures += 1
         over = record.failures - self.free_failures
-        if over >= 0:
-            record.locked_until = self.clock() + min(self.max_delay, self.base_delay * 2**over)
+        if over > 0:
+            record.locked_until = self.clock() + min(self.max_delay, self.base_delay * 2 ** min(over - 1, 32))

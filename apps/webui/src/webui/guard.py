@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gradio.data_classes import ProcessCompletedMessage
+from gradio.server_messages import ProcessCompletedMessage
 from gradio.utils import _parse_file_size
 from starlette.exceptions import HTTPException
 
