@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import json
 import re
 import threading
 import time
@@ -11,7 +13,7 @@ import gradio as gr
 import pytest
 import torch
 
-from webui.app import ChatController, Limits, new_session
+from webui.app import ChatController, Limits, new_session, reported
 from webui.backend import PromptTooLong
 from webui.labels import EN, LABELS, ZH
 from webui.session import ChatSession, user_content
@@ -223,3 +225,99 @@ def test_both_languages_have_every_label_with_the_same_fields():
         assert sorted(set(fields.findall(zh))) == sorted(set(fields.findall(en))), name
     assert set(LABELS) == {"zh", "en"}
     assert "2030-01-02" in ZH.default_system_prompt(datetime.date(2030, 1, 2))
+
+
+@pytest.mark.parametrize("text, system", [("\ud800", "You are a test."), ("hi", "fine \udfff")])
+def test_unencodable_text_is_refused_and_the_conversation_survives(fake_backend, text, system):
+    backend = fake_backend()
+    ctl, session = controller(backend), new_session()
+    chat(ctl, session, "before")
+    with pytest.raises(gr.Error, match="cannot be encoded"):
+        chat(ctl, session, text, settings=(system, *SETTINGS[1:]))
+    assert [exchange.text for exchange in session.exchanges] == ["before"] and len(backend.calls) == 1
+    display, _ = chat(ctl, session, "after")
+    json.dumps(display, ensure_ascii=False).encode("utf-8")  # what Gradio sends must stay encodable
+    assert display[-1]["content"]["text"].startswith("echo#2: after")
+
+
+@pytest.mark.parametrize(
+    "message, settings, detail",
+    [
+        ("just a string", SETTINGS, "Malformed request"),
+        ({"text": 5, "files": []}, SETTINGS, "Malformed request"),
+        ({"text": "hi", "files": "/etc/passwd"}, SETTINGS, "Malformed request"),
+        ({"text": "hi", "files": []}, ("sys", 0.9, 0.7, float("inf"), 1.1), "Invalid generation settings"),
+        ({"text": "hi", "files": []}, (["not", "a", "string"], 0.9, 0.7, 64, 1.1), "Malformed request"),
+    ],
+)
+def test_malformed_api_input_gets_a_message(fake_backend, message, settings, detail):
+    ctl, session = controller(fake_backend()), new_session()
+    with pytest.raises(gr.Error, match=detail):
+        list(ctl.chat(message, session, *settings))
+    assert session.exchanges == []
+
+
+def test_failure_before_the_first_token_takes_the_turn_back(fake_backend):
+    backend = fake_backend()
+    ctl, session = controller(backend), new_session()
+    chat(ctl, session, "first")
+    ordinary = backend.stream
+
+    def fail_at_once(messages, images, params, stop_event):
+        raise RuntimeError("tokenizer exploded")
+        yield  # a generator, as real backends are
+
+    backend.stream = fail_at_once
+    updates = []
+    with pytest.raises(gr.Error, match="RuntimeError"):
+        for update in ctl.chat({"text": "second", "files": []}, session, *SETTINGS):
+            updates.append(update)
+    assert [exchange.text for exchange in session.exchanges] == ["first"]
+    assert updates[-1] == (session.display(), {"text": "second", "files": []})  # the message goes back to the box
+    previous = session.exchanges[-1].answer
+    with pytest.raises(gr.Error, match="RuntimeError"):
+        list(ctl.retry(session, *SETTINGS))
+    assert session.exchanges[-1].answer == previous  # a failed retry keeps the answer there was
+    backend.stream = ordinary
+    display, _ = chat(ctl, session, "third")
+    assert display[-1]["content"]["text"].startswith("echo#2: third")
+
+
+def test_turns_that_can_never_fit_are_dropped_and_the_user_is_told(fake_backend):
+    backend = fake_backend()
+    backend.max_turns = 2
+    ctl, session = controller(backend), new_session()
+    for i in range(5):
+        display, _ = chat(ctl, session, f"turn {i}")
+    assert [exchange.text for exchange in session.exchanges] == ["turn 3", "turn 4"]
+    assert sum(m["role"] == "user" for m in backend.calls[-1]["messages"]) == 2
+    assert display[0] == {
+        "role": "assistant",
+        "content": {"type": "text", "text": EN.turns_dropped.format(count=3, context_length=4096)},
+    }
+    assert texts(display)[1:] == [("user", "turn 3"), texts(display)[2], ("user", "turn 4"), texts(display)[4]]
+    ctl.new_conversation(session)
+    assert session.display() == [] and session.dropped_turns == 0
+
+
+def test_unexpected_errors_anywhere_reach_the_caller_with_a_message():
+    def broken(session):
+        raise KeyError("secret internals")
+
+    def broken_stream(session):
+        yield []
+        raise ValueError("secret internals")
+
+    async def broken_async(session):
+        raise OSError("secret internals")
+
+    with pytest.raises(gr.Error) as failed:
+        reported(broken, EN)(new_session())
+    assert failed.value.message == EN.internal_error.format(error="KeyError")
+    with pytest.raises(gr.Error, match=r"went wrong on the server \(ValueError\)"):
+        list(reported(broken_stream, EN)(new_session()))
+    with pytest.raises(gr.Error, match=r"\(OSError\)"):
+        asyncio.run(reported(broken_async, EN)(new_session()))
+    refused = gr.Error("a message of our own")
+    with pytest.raises(gr.Error, match="a message of our own"):
+        reported(lambda session: (_ for _ in ()).throw(refused), EN)(new_session())
