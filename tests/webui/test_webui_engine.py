@@ -275,3 +275,32 @@ def test_text_only_model_refuses_images(text_backend):
 def test_out_of_range_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         GenerationParams(**{field: value})
+
+
+def test_turns_that_can_never_fit_are_counted(image_backend, fused):
+    exchanges = [(f"question number {i} " * 3, 1 if i in (0, 4) else 0, f"answer {i} " * 3) for i in range(6)]
+    session = session_with(image_backend, [*exchanges, ("the newest question", 1, None)])
+    messages, images = session.conversation(SYSTEM)
+    assert image_backend.unreachable_turns(messages, images) == 0
+
+    def tokens_from(first_exchange):
+        """Prompt length from that exchange on, with no system prompt (the most that could ever fit)."""
+        return len(
+            render(
+                image_backend.tokenizer,
+                messages[1 + 2 * first_exchange :],
+                image_seq_len=image_backend.image_seq_len,
+                add_generation_prompt=True,
+            ).input_ids
+        )
+
+    # A context in which, even without the system prompt and with a one-token answer, only the last
+    # three exchanges and the new turn fit: the three oldest can never be seen again.
+    small = ModelBackend(*fused, context_length=tokens_from(3) + 1)
+    assert tokens_from(2) + 1 > small.context_length
+    assert small.unreachable_turns(messages, images) == 3
+    # The system prompt is no reason to drop more: the user may clear it.
+    assert small.unreachable_turns(messages[1:], images) == 3
+    # The newest turn is never counted, however long.
+    tiny = ModelBackend(*fused, context_length=8)
+    assert tiny.unreachable_turns(messages, images) == 6

@@ -157,3 +157,47 @@ def test_processor_from_checkpoint(fused_model_dir, prepared_base):
     assert processor(Image.new("RGB", (50, 40), RED)).shape == (1, 3, 32, 32)
     with pytest.raises(ValueError, match="config.json has no image_preprocess_config"):
         ImageProcessor.from_pretrained(prepared_base)
+
+
+def noise(width, height):
+    return Image.effect_noise((width, height), 60).convert("RGB")
+
+
+@pytest.mark.parametrize("width, height", [(64, 48), (48, 64), (100, 30), (25, 190), (33, 32)])
+def test_bounding_the_work_changes_nothing_for_ordinary_shapes(processor, width, height):
+    image = noise(width, height)
+    torch.testing.assert_close(processor(image)[0], processor.transform(image), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("width, height", [(8, 320), (500, 12)])
+def test_thin_images_are_cropped_first_and_look_the_same(processor, width, height):
+    gradient = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    bounded = processor(gradient)[0]
+    assert (bounded - processor.transform(gradient)).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("width, height", [(64, 48), (30, 100), (3, 90)])
+def test_shrinking_before_padding_keeps_the_padded_picture(width, height):
+    from yuren_core.vision import expand_to_square
+
+    config = {"size": SIZE, "mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()}
+    padded = ImageProcessor(config, pad_to_square=True)
+    image = noise(width, height)
+    unbounded = padded.transform(expand_to_square(image, padded.fill))
+    # Only the resampling at the edge between picture and padding differs.
+    assert (padded(image)[0] - unbounded).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("pad_to_square", [False, True])
+@pytest.mark.parametrize("size", [(1, 1_000_000), (1_000_000, 1), (3, 400_000)])
+def test_thin_and_tall_images_are_bounded_before_any_upscaling(size, pad_to_square):
+    from yuren_core.vision import crop_to_kept_region, shrink_long_side
+
+    image = Image.new("RGB", size, RED)
+    assert max(crop_to_kept_region(image, (SIZE, SIZE)).size) <= 2 * min(size) + 2
+    assert max(shrink_long_side(image, SIZE).size) == SIZE
+    config = {"size": SIZE, "mean": MEAN.flatten().tolist(), "std": STD.flatten().tolist()}
+    pixels = ImageProcessor(config, pad_to_square=pad_to_square)(image)
+    assert pixels.shape == (1, 3, SIZE, SIZE)
+    if not pad_to_square:
+        torch.testing.assert_close(pixels[0], expected(RED))

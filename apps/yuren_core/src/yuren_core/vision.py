@@ -211,22 +211,24 @@ def shrink_long_side(image: Image.Image, size: int) -> Image.Image:
     return image.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
-def crop_to_kept_region(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Crop ``image`` to the centre region a shortest-side resize to ``size`` (h, w) plus centre crop would use.
+def crop_to_kept_region(image: Image.Image, size: tuple[int, int], *, max_stretch: int = 8) -> Image.Image:
+    """Crop a thin or tall ``image`` to the centre region a shortest-side resize to ``size`` (h, w) would keep.
 
-    That transform scales the short side up or down to the target and the long
-    side by the same factor, then keeps the centre: a 1 x 1,000,000 image would
-    become 224 x 224,000,000 pixels before the crop. Cropping first, with a
-    margin (twice the kept region), bounds the work by the target size and
-    changes nothing an image of ordinary shape would see.
+    That resize scales the short side up or down to the target and the long
+    side by the same factor before the centre crop: a 1 x 1,000,000 image would
+    become 224 x 224,000,000 pixels. When the resized long side would exceed
+    ``max_stretch`` times the target, the image is first cropped to twice the
+    region the centre crop keeps, which bounds the work by the target size.
+    Images of ordinary shape are returned untouched; for the thin ones only the
+    resize's rounding of the long side differs.
     """
     width, height = image.size
     target_h, target_w = size
     scale = max(target_h / height, target_w / width)
+    if width * scale <= max_stretch * target_w and height * scale <= max_stretch * target_h:
+        return image
     keep_w = min(width, math.ceil(2 * target_w / scale))
     keep_h = min(height, math.ceil(2 * target_h / scale))
-    if (keep_w, keep_h) == (width, height):
-        return image
     left, top = (width - keep_w) // 2, (height - keep_h) // 2
     return image.crop((left, top, left + keep_w, top + keep_h))
 
