@@ -274,9 +274,14 @@ class RequestGuard:
         body = b"".join(chunks)
         try:
             payload = json.loads(body)
-            session_hash = payload.get("session_hash") if isinstance(payload, dict) else None
         except ValueError:
-            session_hash = None  # Gradio answers malformed bodies itself
+            payload = None  # Gradio answers malformed bodies itself
+        payload = payload if isinstance(payload, dict) else {}
+        session_hash = payload.get("session_hash")
+        fn_index = payload.get("fn_index")
+        fn = self.blocks.fns.get(fn_index) if isinstance(fn_index, int) else None
+        # Only what waits in the queue is capped: Stop and the other light events must always get through.
+        capped = fn is not None and fn.queue
         replayed = False
 
         async def replay() -> dict:
@@ -290,12 +295,12 @@ class RequestGuard:
         address = client_key(client[0] if client else None)
         # Held across check and push, so simultaneous joins from one session cannot all pass the check.
         async with self._join_lock:
-            waiting = waiting_events(self.blocks)
-            if isinstance(session_hash, str):
+            waiting = waiting_events(self.blocks) if capped else []
+            if capped and isinstance(session_hash, str):
                 mine = sum(event.session_hash == session_hash for event in waiting)
                 if mine >= self.max_waiting_per_session:
                     raise RequestRefused(429, self.messages.session_queue_full.format(limit=mine))
-            if self.max_waiting_per_address is not None:
+            if capped and self.max_waiting_per_address is not None:
                 theirs = sum(event_client(event) == address for event in waiting)
                 if theirs >= self.max_waiting_per_address:
                     raise RequestRefused(429, self.messages.address_queue_full.format(limit=theirs))

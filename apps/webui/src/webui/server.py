@@ -67,7 +67,9 @@ def serve(
         app_kwargs={"middleware": [guard]},
         max_file_size=limits.max_file_size,
         blocked_paths=[str(Path(path).resolve()) for path in blocked_paths] or None,
-        show_error=False,  # gr.Error messages still reach users; tracebacks and internals do not
+        # Every handler failure is already a gr.Error without internals (app.reported); what remains is
+        # Gradio refusing malformed input before a handler runs, whose message API callers need to see.
+        show_error=True,
         enable_monitoring=False,
         mcp_server=False,
         ssr_mode=False,

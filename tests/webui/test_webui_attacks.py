@@ -1,0 +1,383 @@
+"""The web UI under attack, on real servers on 127.0.0.1: request bounds, login guessing, queue flooding,
+Stop on waiting requests, unencodable text, malformed API input, long chats and thin images.
+
+Raw HTTP speaks Gradio's queue protocol directly (join, then read the session's event stream), which is
+what an attacker would use; gradio_client is what API users use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from webui.app import Defaults, Limits, build_app
+from webui.engine import ModelBackend
+from webui.guard import BodyLimits
+from webui.labels import EN
+from webui.server import serve
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "correct horse battery"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(app, **settings):
+    _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True, **settings)
+    try:
+        yield url
+    finally:
+        app.close()
+
+
+def wait_for(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def fn_index(url: str, api_name: str) -> int:
+    config = httpx.get(f"{url}config").json()
+    return next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+
+
+def join(url: str, fn: int, data: list, session_hash: str) -> httpx.Response:
+    """Queue a call the way the browser does; the body is JSON with non-ASCII escaped (as lone surrogates are)."""
+    body = json.dumps({"data": data, "fn_index": fn, "session_hash": session_hash, "trigger_id": None})
+    return httpx.post(
+        f"{url}gradio_api/queue/join", content=body.encode("ascii"), headers={"content-type": "application/json"}
+    )
+
+
+def outcome(url: str, session_hash: str) -> dict:
+    """The session's next completed call, read from its event stream."""
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session_hash}, timeout=30) as s:
+        for line in s.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the event stream ended without a result")
+
+
+def raw_chat(url: str, text, session_hash: str, system: str = "sys") -> dict:
+    response = join(url, fn_index(url, "chat"), [{"text": text, "files": []}, None, system, 0.9, 0, 8, 1.1],
+                    session_hash)  # fmt: skip
+    assert response.status_code == 200, response.text
+    return outcome(url, session_hash)
+
+
+def user_texts(history) -> list[str]:
+    return [part["text"] for m in history if m["role"] == "user" for part in m["content"] if part["type"] == "text"]
+
+
+def test_request_bodies_are_bounded_before_parsing(fake_backend):
+    limits = Limits()
+    bounds = BodyLimits.from_limits(limits)
+    app = build_app(fake_backend(), lang="en", limits=limits)
+    with served(app, limits=limits) as url:
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        # A 100 MB body is refused from its header: the server answers before a byte of it is sent.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(
+                b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 104857600\r\n\r\n{"
+            )
+            reply = raw.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 413") and b"The request is too large" in reply
+
+        chat = fn_index(url, "chat")
+        over = join(url, chat, [{"text": "x" * bounds.json_bytes, "files": []}], "s1")
+        assert over.status_code == 413 and "too large: the limit is" in over.json()["detail"]
+
+        def chunks():
+            yield b'{"data": ['
+            yield b"]}"
+
+        unframed = httpx.post(
+            f"{url}gradio_api/queue/join", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert unframed.status_code == 411 and "Content-Length" in unframed.json()["detail"]
+
+        many = [("files", (f"f{i}.png", b"\x89PNG", "image/png")) for i in range(1000)]
+        refused = httpx.post(f"{url}gradio_api/upload", files=many)
+        assert refused.status_code == 413 and "at most 4" in refused.json()["detail"]
+        five = httpx.post(f"{url}gradio_api/upload", files=many[:5])
+        assert five.status_code == 413
+        four = httpx.post(f"{url}gradio_api/upload", files=many[:4])
+        assert four.status_code == 200 and len(four.json()) == 4
+        assert httpx.post(f"{url}login", content=b"x" * (bounds.json_bytes + 1)).status_code == 413
+
+        # The largest legitimate request still passes: every character of message and system prompt escaped.
+        client = Client(url, verbose=False)
+        longest = "\x01" * limits.max_text_chars
+        history, _ = client.predict({"text": longest, "files": []}, "\x02" * limits.max_system_chars, api_name="/chat")
+        assert user_texts(history) == [longest]
+
+
+def test_failed_logins_are_slowed_per_client(fake_backend):
+    app = build_app(fake_backend(), lang="en")
+    with served(app, auth=("alice", PASSWORD)) as url:
+        checked, refused, start = 0, None, time.monotonic()
+        with httpx.Client() as http:
+            while time.monotonic() - start < 2.0:
+                response = http.post(f"{url}login", data={"username": "alice", "password": f"guess{checked}"})
+                if response.status_code == 429:
+                    refused = response
+                else:
+                    assert response.status_code == 400
+                    checked += 1
+            # Three failures cost nothing; from the fourth each doubles the wait (1 s, 2 s, ...): at most
+            # five guesses are checked in two seconds (unthrottled, 300 were).
+            assert checked <= 5
+            assert "Too many failed logins; try again in" in refused.json()["detail"]
+            wait = int(refused.headers["retry-after"])
+            # While locked out even the right password is not checked: no way to learn it is right.
+            assert http.post(f"{url}login", data={"username": "alice", "password": PASSWORD}).status_code == 429
+            time.sleep(wait + 0.2)
+            assert http.post(f"{url}login", data={"username": "alice", "password": PASSWORD}).status_code == 200
+        history, _ = Client(url, auth=("alice", PASSWORD), verbose=False).predict(
+            {"text": "hi", "files": []}, api_name="/chat"
+        )
+        assert user_texts(history) == ["hi"]
+
+
+def test_serve_refuses_a_short_password(fake_backend):
+    app = build_app(fake_backend(), lang="en")
+    with pytest.raises(ValueError, match="at least 10"):
+        serve(app, auth=("alice", "s3cret"), prevent_thread_lock=True, quiet=True)
+    assert not app.is_running
+
+
+def test_one_session_cannot_take_the_queue(fake_backend):
+    gate = threading.Event()
+    backend = fake_backend(gate=gate)
+    limits = Limits(queue_size=6, max_waiting_per_address=None)
+    app = build_app(backend, lang="en", limits=limits)
+    with served(app, limits=limits) as url:
+        try:
+            mallory = Client(url, verbose=False)
+            flood = [mallory.submit({"text": f"flood {i}", "files": []}, api_name="/chat") for i in range(20)]
+            wait_for(lambda: len(backend.calls) == 1 and sum(job.done() for job in flood) >= 18)
+            refusals = []
+            for job in flood:
+                if job.done():
+                    with pytest.raises(httpx.HTTPStatusError) as refused:
+                        job.result()
+                    refusals.append(refused.value.response)
+            assert len(refusals) == 18 and {response.status_code for response in refusals} == {429}
+            more = [{"text": "one more", "files": []}, None, "sys", 0.9, 0, 8, 1.1]
+            again = join(url, fn_index(url, "chat"), more, mallory.session_hash)
+            assert again.status_code == 429
+            assert again.json()["detail"] == EN.session_queue_full.format(limit=1)
+            # Everyone else still gets in line, and is served.
+            others = [Client(url, verbose=False) for _ in range(3)]
+            jobs = [
+                client.submit({"text": f"user {i}", "files": []}, api_name="/chat") for i, client in enumerate(others)
+            ]
+            time.sleep(0.5)
+            assert not any(job.done() for job in jobs)
+            gate.set()
+            for i, job in enumerate(jobs):
+                assert user_texts(job.result(timeout=30)[0]) == [f"user {i}"]
+            assert len(backend.calls) == 5  # mallory's running and waiting ones, and the three others
+        finally:
+            gate.set()
+
+
+def test_one_address_cannot_take_the_queue(fake_backend):
+    gate = threading.Event()
+    backend = fake_backend(gate=gate)
+    limits = Limits(queue_size=8, max_waiting_per_address=2)
+    app = build_app(backend, lang="en", limits=limits)
+    with served(app, limits=limits) as url:
+        try:
+            chat = fn_index(url, "chat")
+            sessions = [uuid.uuid4().hex for _ in range(4)]
+
+            def message(text):
+                return [{"text": text, "files": []}, None, "sys", 0.9, 0, 8, 1.1]
+
+            assert join(url, chat, message("a"), sessions[0]).status_code == 200
+            wait_for(lambda: len(backend.calls) == 1)
+            assert join(url, chat, message("b"), sessions[1]).status_code == 200
+            assert join(url, chat, message("c"), sessions[2]).status_code == 200
+            refused = join(url, chat, message("d"), sessions[3])
+            assert refused.status_code == 429
+            assert refused.json()["detail"] == EN.address_queue_full.format(limit=2)
+        finally:
+            gate.set()
+
+
+def test_stop_cancels_a_waiting_request_through_the_api(fake_backend):
+    gate = threading.Event()
+    backend = fake_backend(gate=gate)
+    app = build_app(backend, lang="en")
+    with served(app) as url:
+        try:
+            alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+            bob_job = bob.submit({"text": "bob", "files": []}, api_name="/chat")
+            wait_for(lambda: len(backend.calls) == 1)
+            alice_job = alice.submit({"text": "alice", "files": []}, api_name="/chat")
+            time.sleep(0.5)  # alice's request is waiting behind bob's
+            alice.predict(api_name="/stop")
+            with pytest.raises(AppError, match="never started"):
+                alice_job.result(timeout=20)
+            gate.set()
+            assert user_texts(bob_job.result(timeout=20)[0]) == ["bob"]
+            time.sleep(0.5)
+            assert len(backend.calls) == 1  # alice's request never reached the model
+            history, _ = alice.predict({"text": "alice again", "files": []}, api_name="/chat")
+            assert user_texts(history) == ["alice again"]
+        finally:
+            gate.set()
+
+
+def test_unencodable_text_is_refused_and_the_conversation_survives(fake_backend):
+    app = build_app(fake_backend(), lang="en")
+    with served(app) as url:
+        session = uuid.uuid4().hex
+        assert raw_chat(url, "first", session)["success"]
+        for text, system in (("\ud800", "sys"), ("fine", "\udfff")):
+            failed = raw_chat(url, text, session, system=system)
+            assert not failed["success"] and "cannot be encoded" in failed["output"]["error"]
+        later = raw_chat(url, "second", session)
+        assert later["success"]
+        assert user_texts(later["output"]["data"][0]) == ["first", "second"]
+        retried = join(url, fn_index(url, "retry"), [None, "sys", 0.9, 0, 8, 1.1], session)
+        assert retried.status_code == 200 and outcome(url, session)["success"]
+
+
+def test_every_error_reaches_api_users_with_a_message(fake_backend):
+    backend = fake_backend()
+    app = build_app(backend, lang="en")
+    with served(app) as url:
+        session = uuid.uuid4().hex
+        response = join(url, fn_index(url, "chat"), ["just a string", None, "sys", 0.9, 0, 8, 1.1], session)
+        failed = outcome(url, session)
+        assert response.status_code == 200 and not failed["success"] and failed["output"]["error"]
+
+        def broken(messages, images):
+            raise RuntimeError("secret internals")
+
+        backend.unreachable_turns = broken
+        with pytest.raises(AppError, match=r"went wrong on the server \(RuntimeError\)") as reported:
+            Client(url, verbose=False).predict({"text": "hi", "files": []}, api_name="/chat")
+        assert "secret" not in str(reported.value)
+
+
+def test_history_stays_bounded_in_a_long_chat(fused):
+    backend = ModelBackend(*fused, context_length=192)
+    app = build_app(backend, lang="en", defaults=Defaults(temperature=0, max_new_tokens=8))
+    with served(app) as url:
+        client = Client(url, verbose=False)
+        seconds = []
+        for i in range(16):
+            start = time.perf_counter()
+            history, _ = client.predict({"text": f"turn {i}: " + "tell me more " * 6, "files": []}, api_name="/chat")
+            seconds.append(time.perf_counter() - start)
+        kept = user_texts(history)
+        assert 1 <= len(kept) < 16 and kept[-1].startswith("turn 15:")
+        dropped = 16 - len(kept)
+        assert history[0]["content"][0]["text"] == EN.turns_dropped.format(count=dropped, context_length=192)
+        print(f"\nanswer times (s): first {seconds[0]:.3f}, last {seconds[-1]:.3f}; {dropped} turns dropped")
+
+
+SERVER = textwrap.dedent(
+    """
+    import sys
+    from webui.app import Limits, build_app
+    from webui.engine import ModelBackend
+    from webui.server import serve
+
+    aspect = None if sys.argv[3] == "none" else int(sys.argv[3])
+    limits = Limits(max_aspect_ratio=aspect)
+    app = build_app(ModelBackend.from_pretrained(sys.argv[1]), lang="en", limits=limits)
+    serve(app, limits=limits, server_port=int(sys.argv[2]), quiet=True)
+    """
+)
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@contextlib.contextmanager
+def model_server_process(model_dir, aspect: str, log):
+    port = free_port()
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SERVER, str(model_dir), str(port), aspect], stdout=output, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}config", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+# Peak memory the server may add to preprocess one thin or tall image (it took 5.7 GB for 1 x 1,000,000).
+IMAGE_BUDGET_MIB = 64
+
+
+def test_thin_and_tall_images_take_bounded_memory(fused_model_dir, tmp_path):
+    shapes = [(1, 1_000_000), (1_000_000, 1), (2, 2_000_000), (3_000_000, 3)]
+    paths = []
+    for width, height in shapes:
+        path = tmp_path / f"{width}x{height}.png"
+        Image.new("RGB", (width, height), (200, 30, 30)).save(path)
+        paths.append(path)
+    warmup = tmp_path / "warmup.png"
+    Image.new("RGB", (300, 200), (20, 200, 30)).save(warmup)
+
+    with model_server_process(fused_model_dir, "none", tmp_path / "server.log") as (process, url):
+        client = Client(url, verbose=False)
+        client.predict({"text": "warm up", "files": [handle_file(str(warmup))]}, max_new_tokens=2, api_name="/chat")
+        for path in paths:
+            client.predict(api_name="/new_conversation")
+            before = peak_rss_mib(process.pid)
+            start = time.perf_counter()
+            history, _ = client.predict({"text": "look", "files": [handle_file(str(path))]}, max_new_tokens=2,
+                                        api_name="/chat")  # fmt: skip
+            elapsed = time.perf_counter() - start
+            grown = peak_rss_mib(process.pid) - before
+            print(f"\n{path.name}: peak grew {grown:.1f} MiB in {elapsed:.2f} s")
+            assert user_texts(history) == ["look"]
+            assert grown < IMAGE_BUDGET_MIB, (path.name, grown)
+
+    with model_server_process(fused_model_dir, "25", tmp_path / "server25.log") as (process, url):
+        with pytest.raises(AppError, match=r"1×1000000 pixels: one side is more than 25 times the other"):
+            Client(url, verbose=False).predict({"text": "look", "files": [handle_file(str(paths[0]))]},
+                                                api_name="/chat")  # fmt: skip
