@@ -173,3 +173,40 @@ def test_chat_in_the_browser(server_url, browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "webui.png"), full_page=True)
     other.screenshot(path=str(ARTIFACTS / "webui-second-user.png"))
+
+
+def test_stop_in_the_browser_cancels_a_waiting_request(browser, fake_backend):
+    """Stop pressed while the request still waits behind another user's: it never reaches the model."""
+    import threading
+
+    from gradio_client import Client
+
+    gate = threading.Event()
+    backend = fake_backend(gate=gate)
+    app = build_app(backend, lang="en")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _, url, _ = serve(app, server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        busy = Client(url, verbose=False).submit({"text": "someone else", "files": []}, api_name="/chat")
+        deadline = time.monotonic() + 20
+        while not backend.calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        page = open_page(browser, url)
+        page.fill("#message textarea", "waiting in line")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=\"bot\"]').length == 0")
+        time.sleep(1.0)  # the request is in the queue, behind the running one
+        assert len(backend.calls) == 1
+        page.click("#stop")
+        wait_idle(page, timeout=10)
+        gate.set()
+        busy.result(timeout=20)
+        time.sleep(1.0)
+        assert [call["messages"][-1]["content"][-1]["text"] for call in backend.calls] == ["someone else"]
+        send(page, "after stop")  # the page is usable again
+        assert user_texts(page) == ["after stop"]
+    finally:
+        gate.set()
+        app.close()
