@@ -103,7 +103,12 @@ def test_request_bodies_are_bounded_before_parsing(fake_backend):
                 b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 104857600\r\n\r\n{"
             )
-            reply = raw.recv(4096)
+            reply = b""
+            while b"}" not in reply:  # the JSON body may come in a packet of its own
+                chunk = raw.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
         assert reply.startswith(b"HTTP/1.1 413") and b"The request is too large" in reply
 
         chat = fn_index(url, "chat")
@@ -382,3 +387,20 @@ def test_thin_and_tall_images_take_bounded_memory(fused_model_dir, tmp_path):
         with pytest.raises(AppError, match=r"1×1000000 pixels: one side is more than 25 times the other"):
             Client(url, verbose=False).predict({"text": "look", "files": [handle_file(str(paths[0]))]},
                                                 api_name="/chat")  # fmt: skip
+
+
+def test_the_simple_call_api_is_capped_too(fake_backend):
+    gate = threading.Event()
+    backend = fake_backend(gate=gate)
+    limits = Limits(queue_size=8, max_waiting_per_address=2)
+    app = build_app(backend, lang="en", limits=limits)
+    with served(app, limits=limits) as url:
+        try:
+            data = {"data": [{"text": "call", "files": []}, "sys", 0.9, 0, 8, 1.1]}
+            statuses = [httpx.post(f"{url}gradio_api/call/chat", json=data).status_code for _ in range(6)]
+            # One running (once the first reaches the model) and two waiting; the rest refused.
+            assert statuses.count(200) <= 3 and statuses[-1] == 429
+            refused = httpx.post(f"{url}gradio_api/call/v2/chat", json={"message": {"text": "v2", "files": []}})
+            assert refused.status_code == 429
+        finally:
+            gate.set()

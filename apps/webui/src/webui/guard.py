@@ -120,6 +120,10 @@ async def cancel_waiting(blocks, session_hash: str, message: str) -> int:
     return cancelled
 
 
+# Gradio's simple API routes, which queue a call like /queue/join does.
+CALL_ROUTE = re.compile(r"/call/(?:v2/)?([^/]+)/?$")
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
@@ -211,7 +215,9 @@ class RequestGuard:
         receive = self.bounded(receive, limit, self.part_counter(scope) if upload else None)
         if method == "POST" and segment == "login":
             await self.login(scope, receive, send)
-        elif method == "POST" and scope["path"].rstrip("/").endswith("/queue/join"):
+        elif method == "POST" and (
+            scope["path"].rstrip("/").endswith("/queue/join") or CALL_ROUTE.search(scope["path"])
+        ):
             await self.join(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -280,6 +286,10 @@ class RequestGuard:
         session_hash = payload.get("session_hash")
         fn_index = payload.get("fn_index")
         fn = self.blocks.fns.get(fn_index) if isinstance(fn_index, int) else None
+        call = CALL_ROUTE.search(scope["path"])
+        if call is not None:
+            # Gradio's simple API (/call/<api_name>) joins the same queue; each call is its own session.
+            fn = next((f for f in self.blocks.fns.values() if f.api_name == call.group(1)), None)
         # Only what waits in the queue is capped: Stop and the other light events must always get through.
         capped = fn is not None and fn.queue
         replayed = False
