@@ -184,13 +184,13 @@ def test_out_of_memory_answers_an_error_then_works(fake_backend):
 
 def test_auth_is_required_when_set(fake_backend):
     app = build_app(fake_backend(), lang="en")
-    url = launch(app, auth=("alice", "s3cret"))
+    url = launch(app, auth=("alice", "s3cret-but-longer"))
     try:
         assert httpx.get(f"{url}config").status_code == 401
         assert httpx.post(f"{url}login", data={"username": "alice", "password": "wrong"}).status_code in (400, 401)
         with pytest.raises(Exception):  # noqa: B017 - the client refuses in more than one way across versions
             Client(url, verbose=False).predict({"text": "hi", "files": []}, api_name="/chat")
-        client = Client(url, auth=("alice", "s3cret"), verbose=False)
+        client = Client(url, auth=("alice", "s3cret-but-longer"), verbose=False)
         history, _ = client.predict({"text": "hi", "files": []}, api_name="/chat")
         assert answer_of(history).startswith("echo#1: hi")
     finally:
