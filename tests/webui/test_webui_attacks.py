@@ -22,8 +22,10 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from repo_helpers import free_port
 
-from webui.app import Defaults, Limits, build_app
+from webui.app import Limits, build_app
+from webui.backend import GenerationParams
 from webui.engine import ModelBackend
 from webui.guard import BodyLimits
 from webui.labels import EN
@@ -32,12 +34,6 @@ from webui.server import serve
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -293,7 +289,7 @@ def test_every_error_reaches_api_users_with_a_message(fake_backend):
 
 def test_history_stays_bounded_in_a_long_chat(fused):
     backend = ModelBackend(*fused, context_length=192)
-    app = build_app(backend, lang="en", defaults=Defaults(temperature=0, max_new_tokens=8))
+    app = build_app(backend, lang="en", defaults=GenerationParams(temperature=0, max_new_tokens=8))
     with served(app) as url:
         client = Client(url, verbose=False)
         seconds = []

@@ -184,10 +184,7 @@ def test_stop_in_the_browser_cancels_a_waiting_request(browser, fake_backend):
     gate = threading.Event()
     backend = fake_backend(gate=gate)
     app = build_app(backend, lang="en")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    _, url, _ = serve(app, server_port=port, prevent_thread_lock=True, quiet=True)
+    _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         busy = Client(url, verbose=False).submit({"text": "someone else", "files": []}, api_name="/chat")
         deadline = time.monotonic() + 20
