@@ -97,3 +97,29 @@ def test_bad_data_stops_the_run_before_training(prepared_base, tmp_path, capsys)
     err = capsys.readouterr().err
     assert f"{bad}:1 (record 0): field 'conversations', turn 0: unknown role 'robot'" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_finished_run_started_again_trains_no_further(prepared_base, tmp_path):
+    # 12 conversations in batches of 2 make 6 steps an epoch: the run ends mid-epoch, at checkpoint-4.
+    train = write_json(tmp_path / "train.json", MEMORY_CONVERSATIONS * 3)
+    output = tmp_path / "out"
+    flags = [
+        "--model_name_or_path", str(prepared_base), "--train_file", str(train), "--model_max_length", "64",
+        "--per_device_train_batch_size", "2", "--max_steps", "4", "--learning_rate", "1e-3",
+        "--lr_scheduler_type", "constant", "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "2",
+        "--output_dir", str(output), "--data_cache_dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    run_text_sft(*flags)
+    finished = load_file(output / "model.safetensors")
+    # What a crash during the final save leaves: the last checkpoint complete, the model in --output_dir not.
+    (output / "model.safetensors").unlink()
+
+    run_text_sft(*flags)
+
+    state = trainer_state(output)
+    assert state["global_step"] == 4
+    assert max(e["step"] for e in state["log_history"]) == 4
+    rerun = load_file(output / "model.safetensors")
+    assert rerun.keys() == finished.keys()
+    assert all(torch.equal(rerun[k], finished[k]) for k in finished)

@@ -12,7 +12,9 @@ class SFTTrainer(Trainer):
     """``Trainer`` that adds ``padding_share`` (padding tokens / all tokens, all ranks) to each training log.
 
     ``pad_token_id`` identifies padding in packed batches, which carry no
-    attention mask.
+    attention mask. A run resumed from a checkpoint at ``--max_steps`` (a
+    finished run started again, e.g. after a crash in its final save) trains no
+    further step.
     """
 
     def __init__(self, *args, pad_token_id: int, **kwargs):
@@ -20,6 +22,14 @@ class SFTTrainer(Trainer):
         self.pad_token_id = pad_token_id
         self._padding = 0
         self._tokens = 0
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # The Trainer checks --max_steps only after each step, so a run resumed mid-epoch from its final
+        # checkpoint would train one step past it. Stop before fetching that step's batches instead.
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
