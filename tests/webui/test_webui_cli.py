@@ -141,3 +141,17 @@ def test_cli_without_model_serves_the_demo_and_says_so(launched, monkeypatch, tm
     assert launched["load"][0] == str(built)
     config = json.dumps(launched["app"].config, ensure_ascii=False, default=str)
     assert "这是内置的小型演示模型" in config
+
+
+def test_a_model_that_is_not_there_is_a_message_not_a_traceback(tmp_path, capsys):
+    missing = tmp_path / "missing-dir"
+    for model, expected in (
+        (str(missing), f"webui: error: {missing}: no such directory; pass a YuRen checkpoint directory"),
+        (str(tmp_path), f"webui: error: {tmp_path}: the directory holds no config.json; pass a YuRen checkpoint"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            cli.main([model])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert expected in err
+        assert "Traceback" not in err and "Repo id" not in err

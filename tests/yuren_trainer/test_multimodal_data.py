@@ -258,8 +258,13 @@ def test_a_batch_with_images_passes_through_unchanged(tokenizer, image_folder):
             ["--projector_path", __file__, "--use_lora", "True", "--lora_config", "qlora.json"],
             "it cannot start from --projector_path",
         ),
+        (
+            ["--clip_model", "local-dir:/missing"],
+            "--clip_model local-dir:/missing: /missing holds no open_clip_config.json; pass a directory",
+        ),
+        (["--clip_model", "ViT-L-14"], "--clip_model ViT-L-14: use 'hf-hub:org/repo' or 'local-dir:/path/to/dir'"),
     ],
-    ids=["missing-projector", "lora-with-projector"],
+    ids=["missing-projector", "lora-with-projector", "missing-clip-dir", "clip-without-schema"],
 )
 def test_stage3_start_flags_are_checked_when_parsed(prepared_base, image_folder, capsys, flags, expected):
     with pytest.raises(SystemExit) as exit_info:
@@ -268,4 +273,6 @@ def test_stage3_start_flags_are_checked_when_parsed(prepared_base, image_folder,
             "--image_folder", str(image_folder), "--output_dir", "o", *flags,
         )  # fmt: skip
     assert exit_info.value.code == 2
-    assert expected in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("python -m yuren_trainer.multimodal_sft: error: ") and expected in err
+    assert "Traceback" not in err

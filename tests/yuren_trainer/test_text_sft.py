@@ -123,3 +123,31 @@ def test_a_finished_run_started_again_trains_no_further(prepared_base, tmp_path)
     rerun = load_file(output / "model.safetensors")
     assert rerun.keys() == finished.keys()
     assert all(torch.equal(rerun[k], finished[k]) for k in finished)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--train_file", "{tmp}/nowhere.json"], "{tmp}/nowhere.json: no such file; check the path"),
+        (
+            ["--train_file", "{train}", "--eval_strategy", "steps"],
+            "--eval_strategy steps needs --validation_file (pass one, or drop --eval_strategy",
+        ),
+    ],
+    ids=["missing-train-file", "eval-without-validation"],
+)
+def test_unusable_flags_end_with_a_message_not_a_traceback(
+    prepared_base, memory_file, tmp_path, capsys, flags, expected
+):
+    def fill(text):
+        return text.format(tmp=tmp_path, train=memory_file)
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_text_sft(
+            "--model_name_or_path", str(prepared_base), *map(fill, flags),
+            "--output_dir", str(tmp_path / "out"), "--data_cache_dir", str(tmp_path / "cache"),
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"text_sft: error: {fill(expected)}" in err
+    assert "Traceback" not in err and "IntervalStrategy" not in err

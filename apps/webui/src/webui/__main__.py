@@ -43,6 +43,23 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
+def model_path_problem(model: str) -> str | None:
+    """Why ``model`` names no loadable model (a missing or config-less directory), or ``None``.
+
+    A name that is no local directory but has a hub id's form (``org/repo``) is left to the loader.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(model)
+    if path.is_dir():
+        return None if (path / "config.json").is_file() else "the directory holds no config.json"
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return "no such directory"
+    return None
+
+
 def default_cache_dir() -> Path:
     """Where the demo model is kept: ``$XDG_CACHE_HOME/yuren/demo`` (``~/.cache/yuren/demo``)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -155,7 +172,18 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2) from None
     else:
         model_path = args.model
-    backend = ModelBackend.from_pretrained(model_path, load_8bit=args.load_8bit, load_4bit=args.load_4bit)
+        problem = model_path_problem(model_path)
+        if problem:
+            build_parser().error(
+                f"{model_path}: {problem}; pass a YuRen checkpoint directory (stage 3's --output_dir) "
+                "or a hub id such as pleisto/yuren-baichuan-7b"
+            )
+    try:
+        backend = ModelBackend.from_pretrained(model_path, load_8bit=args.load_8bit, load_4bit=args.load_4bit)
+    except OSError as error:
+        # transformers' message names the model and what it looked for (a missing hub repo, a folder without config).
+        print(f"webui: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     limits = Limits()
     local = Path(model_path)
     # A local directory is named, not located: the page need not reveal the server's file layout.

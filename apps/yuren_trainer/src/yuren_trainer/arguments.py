@@ -126,6 +126,17 @@ class VisionTowerArguments:
         metadata={"help": "Pad images to a square before resizing (stored in the model config; serving follows it)."},
     )
 
+    def __post_init__(self):
+        if not self.clip_model.startswith(("hf-hub:", "local-dir:")):
+            raise UsageError(f"--clip_model {self.clip_model}: use 'hf-hub:org/repo' or 'local-dir:/path/to/dir'")
+        if self.clip_model.startswith("local-dir:"):
+            folder = Path(self.clip_model.removeprefix("local-dir:"))
+            if not (folder / "open_clip_config.json").is_file():
+                raise UsageError(
+                    f"--clip_model {self.clip_model}: {folder} holds no open_clip_config.json; pass a directory with "
+                    "an open_clip model's config and weights, or 'hf-hub:org/repo'"
+                )
+
 
 @dataclass
 class SFTTrainingArguments(TrainingArguments):

@@ -97,7 +97,7 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise DataError(no_such_file(path)) from None
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({error})") from None
 
@@ -118,6 +118,11 @@ def read_conversations(path: str | os.PathLike) -> list[Conversation]:
     if not conversations:
         raise DataError(f"{path}: no conversations found")
     return conversations
+
+
+def no_such_file(path: Path) -> str:
+    """The message for a conversation file that is not there."""
+    return f"{path}: no such file; check the path, which must name a ShareGPT JSON or JSON Lines file of conversations"
 
 
 def _records(path: Path, text: str) -> Iterator[tuple[str, object]]:
@@ -281,6 +286,9 @@ def load_sft_dataset(
     a row: one entry without packing.
     """
     path = Path(path)
+    if not path.is_file():
+        # Before the cache key, which hashes the file.
+        raise DataError(no_such_file(path))
     cache_root = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "yuren_sft"
     key = _cache_key(path, tokenizer, max_length=max_length, packing=packing, image_seq_len=image_seq_len)
     cached = cache_root / f"{path.stem}-{key[:20]}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import datasets
+from transformers.trainer_utils import IntervalStrategy
 
 from yuren_core.chatml import image_block
 from yuren_core.vision import ImageProcessor
@@ -32,7 +33,12 @@ def load_datasets(
 ):
     """Tokenized training and validation datasets (``None`` without ``--validation_file``)."""
     if args.eval_strategy != "no" and not data_args.validation_file:
-        raise UsageError(f"--eval_strategy {args.eval_strategy} needs --validation_file")
+        # The Trainer holds the flag as an enum; say it as it is typed.
+        strategy = IntervalStrategy(args.eval_strategy).value
+        raise UsageError(
+            f"--eval_strategy {strategy} needs --validation_file (pass one, or drop --eval_strategy to train without "
+            "evaluating)"
+        )
     train = load_data_file("train", data_args.train_file, data_args, args, tokenizer, image_seq_len=image_seq_len)
     validation = None
     if data_args.validation_file:
