@@ -30,22 +30,27 @@ def rows(tokenizer, conversations=MEMORY_CONVERSATIONS):
 
 
 def test_packed_rows_restart_positions_and_mask_the_first_label(tokenizer):
-    singles = rows(tokenizer)
+    # Every token supervised: the renderer already masks a conversation's first token, which would hide the masking.
+    singles = [{**row, "labels": list(row["input_ids"])} for row in rows(tokenizer)]
     columns = {key: [row[key] for row in singles] for key in ("input_ids", "labels", "images")}
     packed = pack_rows(columns, max_length=sum(len(r["input_ids"]) for r in singles))
     assert len(packed["input_ids"]) == 1 and packed["seq_lengths"][0] == [len(r["input_ids"]) for r in singles]
+    first_masked = [t for r in singles for t in [IGNORE_INDEX, *r["input_ids"][1:]]]
+    assert packed["labels"][0] == first_masked
 
     pad = special_ids(tokenizer).pad
     row = {key: packed[key][0] for key in packed}
-    batch = PackedCollator(pad)([row, singles[0]])
+    # The collator masks each conversation's first label itself too, for packed rows made elsewhere.
+    unmasked = {**row, "labels": [t for r in singles for t in r["input_ids"]]}
+    batch = PackedCollator(pad)([unmasked, singles[0]])
     assert "attention_mask" not in batch and batch["use_cache"] is False
     lengths = row["seq_lengths"]
     expected_positions = torch.cat([torch.arange(n) for n in lengths])
     assert torch.equal(batch["position_ids"][0], expected_positions)
-    starts = [sum(lengths[:i]) for i in range(len(lengths))]
-    assert all(batch["labels"][0, s] == IGNORE_INDEX for s in starts)
+    assert batch["labels"][0].tolist() == first_masked
     # The shorter row is padded by a block of its own: positions from 0, pad ids, no labels.
     n = len(singles[0]["input_ids"])
+    assert batch["labels"][1, :n].tolist() == [IGNORE_INDEX, *singles[0]["input_ids"][1:]]
     assert torch.equal(batch["position_ids"][1, n:], torch.arange(batch["input_ids"].shape[1] - n))
     assert (batch["input_ids"][1, n:] == pad).all() and (batch["labels"][1, n:] == IGNORE_INDEX).all()
     assert padding_tokens(batch, pad) == (batch["input_ids"].shape[1] - n, batch["input_ids"].numel())
