@@ -155,3 +155,10 @@ def test_a_model_that_is_not_there_is_a_message_not_a_traceback(tmp_path, capsys
         err = capsys.readouterr().err
         assert expected in err
         assert "Traceback" not in err and "Repo id" not in err
+
+
+def test_8bit_and_4bit_together_are_refused_before_loading(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["/nowhere", "--load_8bit", "True", "--load_4bit", "True"])
+    assert exited.value.code == 2
+    assert "webui: error: choose one of --load_8bit True and --load_4bit True, not both" in capsys.readouterr().err

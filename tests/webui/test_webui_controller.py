@@ -16,7 +16,7 @@ import torch
 from webui.app import ChatController, Limits, new_session, reported
 from webui.backend import PromptTooLong
 from webui.labels import EN, LABELS, ZH
-from webui.session import ChatSession, user_content
+from webui.session import ChatSession, Exchange, user_content
 
 SETTINGS = ("You are a test.", 0.9, 0.7, 64, 1.1)
 
@@ -125,7 +125,13 @@ def test_stop_ends_only_that_users_generation(fake_backend):
 
 def test_sessions_start_empty_and_separate():
     first, second = new_session(), new_session()
-    assert isinstance(first, ChatSession) and first is not second and first.exchanges is not second.exchanges
+    assert isinstance(first, ChatSession) and first.exchanges == [] and second.exchanges == []
+    generation, stop_event = first.begin()
+    first.exchanges.append(Exchange("hello"))
+    # What one browser session does shows in no other.
+    assert second.exchanges == [] and not second.current(generation)
+    second.stop()
+    assert not stop_event.is_set() and first.current(generation)
 
 
 def test_delete_during_generation_stops_it_and_writes_nothing_more(fake_backend):

@@ -93,12 +93,16 @@ def test_load_model_rejects_a_plain_base(prepared_base):
 @pytest.mark.parametrize("device_map", ["auto", {"": "cpu"}])
 def test_load_model_places_with_device_map(fused_model_dir, device_map):
     model, _, _ = load_model(fused_model_dir, device_map=device_map, dtype=torch.bfloat16)
+    unplaced, _, _ = load_model(fused_model_dir, dtype=torch.bfloat16)
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     input_ids = image_prompt(model.config)
     with torch.no_grad():
-        generated = model.generate(input_ids, pixel_values=PIXELS, max_new_tokens=2, do_sample=False)
-    assert generated.shape[1] > input_ids.shape[1]
+        generated = model.generate(input_ids, pixel_values=PIXELS, max_new_tokens=4, do_sample=False)
+        expected = unplaced.generate(input_ids, pixel_values=PIXELS, max_new_tokens=4, do_sample=False)
+    # Placing the model changes where it computes, not what.
+    assert generated.shape[1] == input_ids.shape[1] + 4
+    assert torch.equal(generated, expected)
 
 
 def assert_vision_side_unquantized(model, dtype):
@@ -128,12 +132,20 @@ def test_8bit_keeps_vision_unquantized_and_saves_memory(mid_model_dir):
 
 def test_4bit_loads_and_generates(mid_model_dir):
     # (bitsandbytes' CPU 4-bit kernel needs layer widths divisible by 32, as real models' are.)
+    full, _, _ = load_model(mid_model_dir, dtype=torch.float32)
     model, _, _ = load_model(mid_model_dir, load_4bit=True)
-    assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, bnb.nn.Linear4bit) and q_proj.weight.quant_state.quant_type == "nf4"
     assert_vision_side_unquantized(model, torch.float32)
+    assert model.get_memory_footprint() <= 0.5 * full.get_memory_footprint()
     input_ids = image_prompt(model.config)
     with torch.no_grad():
-        first = model(input_ids=input_ids, pixel_values=PIXELS).logits[0, -1].argmax()
+        reference = full(input_ids=input_ids, pixel_values=PIXELS).logits.flatten()
+        logits = model(input_ids=input_ids, pixel_values=PIXELS).logits
+        first = logits[0, -1].argmax()
+    # The quantized model computes (nearly) what the full one does, not just something.
+    assert torch.corrcoef(torch.stack([reference, logits.float().flatten()]))[0, 1] > 0.9
+    with torch.no_grad():
         generated = model.generate(input_ids, pixel_values=PIXELS, max_new_tokens=3, do_sample=False)
     assert generated[0, input_ids.shape[1]] == first
 
