@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from merge_lora.__main__ import main
@@ -81,6 +82,14 @@ def test_merge_in_bf16_saves_bf16(prepared_base, adapter, tmp_path):
     target = tmp_path / "merged-bf16"
     merge_lora(prepared_base, adapter, target, "--dtype", "bfloat16")
     assert json.loads((target / "config.json").read_text())["dtype"] == "bfloat16"
+    weights = load_file(target / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+    # The bf16 merge is the fp32 merge up to bf16 rounding, not another model.
+    fp32 = tmp_path / "merged-fp32"
+    merge_lora(prepared_base, adapter, fp32)
+    for name, weight in load_file(fp32 / "model.safetensors").items():
+        assert weight.dtype == torch.float32
+        torch.testing.assert_close(weights[name], weight.to(torch.bfloat16), rtol=1.6e-2, atol=1e-3)
 
 
 def test_a_quantized_base_is_refused(prepared_base, adapter, tmp_path, capsys):
@@ -103,13 +112,15 @@ def test_bad_paths_are_reported(prepared_base, adapter, tmp_path, capsys):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("mine")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         merge_lora(prepared_base, adapter, occupied)
+    assert exit_info.value.code == 2
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert (occupied / "keep.txt").read_text() == "mine"
 
     not_adapter = tmp_path / "not-adapter"
     shutil.copytree(prepared_base, not_adapter)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         merge_lora(prepared_base, not_adapter, tmp_path / "t")
+    assert exit_info.value.code == 2
     assert "no adapter_config.json" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def test_loopback_addresses(host, loopback):
 
 def test_auth_pairs():
     assert parse_auth("alice:pa:ss-and-more") == ("alice", "pa:ss-and-more")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="USER:PASS"):
         parse_auth("alice:")
     with pytest.raises(ValueError, match="at least 10"):
         parse_auth("alice:123456789")

@@ -111,6 +111,7 @@ def test_text_never_becomes_special_tokens(tokenizer, attack):
 
 def test_special_token_strings_are_the_upstream_ones(tokenizer):
     vocab = tokenizer.get_vocab()
+    # Upstream's checkpoints and data name these exact strings.
     assert [IM_START, IM_END, IMG_START, IMG_PATCH, IMG_END] == [
         "<|im_start|>",
         "<|im_end|>",
@@ -118,7 +119,19 @@ def test_special_token_strings_are_the_upstream_ones(tokenizer):
         "<|img_patch|>",
         "<|img_end|>",
     ]
-    assert tokenizer.pad_token == PAD and vocab[PAD] != vocab[IM_START]
+    assert tokenizer.pad_token == PAD
+    specials = [IM_START, IM_END, IMG_START, IMG_PATCH, IMG_END, PAD]
+    assert len({vocab[token] for token in specials}) == len(specials)
+    ids = special_ids(tokenizer)
+    assert (ids.img_start, ids.img_patch, ids.img_end, ids.pad) == tuple(
+        vocab[token] for token in (IMG_START, IMG_PATCH, IMG_END, PAD)
+    )
+    for token in specials:
+        # One id each, alone or inside text, and back to the same string.
+        assert tokenizer.encode(token, add_special_tokens=False) == [vocab[token]], token
+        assert tokenizer.decode([vocab[token]]) == token
+        inside = tokenizer.encode(f"ab{token}cd", add_special_tokens=False)
+        assert inside.count(vocab[token]) == 1 and tokenizer.decode(inside).replace(" ", "") == f"ab{token}cd"
 
 
 def test_images_become_blocks_of_patch_tokens(tokenizer):

@@ -67,14 +67,16 @@ def test_bf16_without_gpu_says_what_to_pass(tmp_path, capsys, monkeypatch):
 
 def test_tf32_without_ampere_gpu_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(arguments, "is_torch_tf32_available", lambda: False)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         parse(tmp_path, "--bf16", "False", "--tf32", "True")
+    assert exit_info.value.code == 2
     assert "--tf32 True needs an NVIDIA Ampere" in capsys.readouterr().err
 
 
 def test_lora_needs_its_config_file(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         parse(tmp_path, "--use_lora", "True")
+    assert exit_info.value.code == 2
     assert "--use_lora True needs --lora_config" in capsys.readouterr().err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -151,3 +152,75 @@ def test_packed_dataset_rows_hold_several_conversations(tmp_path, tokenizer):
     assert stats.kept == 12 and stats.rows == len(dataset) < 12
     assert sum(len(row["seq_lengths"]) for row in dataset) == 12
     assert all(sum(row["seq_lengths"]) == row["length"] == len(row["input_ids"]) <= 128 for row in dataset)
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"conversations": [{"from": "human", "value": "caf\xe9"}]}]'.encode("latin-1"))
+    with pytest.raises(DataError, match=rf"^{path}: not UTF-8 text \("):
+        read_conversations(path)
+
+
+@pytest.mark.parametrize("text", ["[]", "[ \n ]", "", "\n\n", json.dumps([LICENSE_NOTE])], ids=repr)
+def test_a_file_without_conversations_is_refused(tmp_path, text):
+    path = tmp_path / "empty.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=rf"^{path}: no conversations found$"):
+        read_conversations(path)
+
+
+def test_a_file_whose_every_conversation_is_dropped_is_refused(tmp_path, tokenizer):
+    unanswered = {"conversations": [{"from": "human", "value": "No answer follows."}]}
+    path = write_json(tmp_path / "unanswered.json", [unanswered, unanswered])
+    with pytest.raises(DataError, match=rf"^{path}: no conversation has a supervised token; nothing to train on$"):
+        load_sft_dataset(path, tokenizer, max_length=128, cache_dir=tmp_path / "cache")
+    assert not list(tmp_path.glob("cache/*")), "a cache entry was written for an unusable file"
+
+
+def test_the_error_list_stops_at_the_cap_and_counts_the_rest(tmp_path):
+    count = data.MAX_REPORTED_ERRORS + 7
+    path = bad_file(tmp_path, [{"dialogue": []}] * count)
+    with pytest.raises(DataError) as error:
+        read_conversations(path)
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"{count} bad record(s) in {path}:"
+    assert len(lines) == 1 + data.MAX_REPORTED_ERRORS + 1
+    assert (
+        lines[data.MAX_REPORTED_ERRORS]
+        == f"  {path}:{data.MAX_REPORTED_ERRORS + 1} (record {data.MAX_REPORTED_ERRORS - 1}): missing field 'conversations'"
+    )
+    assert lines[-1] == "  ... and 7 more"
+
+
+def test_image_and_images_together_are_refused(tmp_path):
+    record = {**MEMORY_CONVERSATIONS[0], "image": "a.png", "images": ["a.png"]}
+    path = bad_file(tmp_path, [record])
+    with pytest.raises(
+        DataError, match=rf"{path}:2 \(record 0\): give either field 'image' or field 'images', not both"
+    ):
+        read_conversations(path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"max_length": 64}, {"image_seq_len": 8}, {"tokenizer": "extended"}],
+    ids=["max_length", "image_seq_len", "tokenizer"],
+)
+def test_a_changed_setting_or_tokenizer_misses_the_cache(tmp_path, tokenizer, monkeypatch, change):
+    path = write_json(tmp_path / "train.json", MEMORY_CONVERSATIONS)
+    cache = tmp_path / "cache"
+    settings = {"max_length": 128, "image_seq_len": 4}
+    load_sft_dataset(path, tokenizer, cache_dir=cache, **settings)
+
+    def must_not_read(path):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(data, "read_conversations", must_not_read)
+    load_sft_dataset(path, tokenizer, cache_dir=cache, **settings)  # the same settings hit
+    other = tokenizer
+    if change.get("tokenizer"):
+        other = copy.deepcopy(tokenizer)
+        other.add_tokens(["<|new_token|>"])
+    changed = {**settings, **{k: v for k, v in change.items() if k != "tokenizer"}}
+    with pytest.raises(AssertionError, match="read again"):
+        load_sft_dataset(path, other, cache_dir=cache, **changed)

@@ -155,8 +155,9 @@ def test_bad_image_data_stops_stage3_before_the_model_loads(
 
 
 def test_stage3_needs_an_image_folder(fused_model_dir, tmp_path, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         run_multimodal_sft("--model_name_or_path", str(fused_model_dir), "--train_file", "x.json", "--output_dir", "o")
+    assert exit_info.value.code == 2
     assert "--image_folder is required" in capsys.readouterr().err
 
 
@@ -245,9 +246,11 @@ def test_a_batch_with_images_passes_through_unchanged(tokenizer, image_folder):
     rows = text_rows(tokenizer)
     block = image_block(ids, SEQ_LEN)
     rows.append({"input_ids": block, "labels": [IGNORE_INDEX] * len(block), "images": ["good.png"]})
-    batch = wrapped(rows)
-    assert batch["input_ids"].shape[0] == len(rows)
-    torch.testing.assert_close(batch["pixel_values"], plain(rows)["pixel_values"])
+    batch, expected = wrapped(rows), plain(rows)
+    # Nothing added, nothing changed: the image already in the batch is all it needs.
+    assert batch.keys() == expected.keys()
+    assert all(torch.equal(batch[key], expected[key]) for key in expected)
+    assert batch["input_ids"].shape[0] == len(rows) and batch["pixel_values"].shape[0] == 1
 
 
 @pytest.mark.parametrize(
