@@ -112,3 +112,16 @@ def test_wandb_without_login_fails_early_with_the_ways_out(tmp_path, monkeypatch
         check_reporting(args)
     monkeypatch.setenv("WANDB_MODE", "offline")
     check_reporting(args)
+
+
+def test_lora_under_zero3_is_refused_before_any_loading(tmp_path):
+    from yuren_trainer.text_sft import load_model
+
+    zero3 = REPO / "apps" / "yuren_trainer" / "config" / "deepspeed_config.json"
+    _, _, args = parse(tmp_path, "--deepspeed", str(zero3), "--bf16", "False", "--tf32", "False")
+    model_args = ModelArguments(model_name_or_path="nowhere", use_lora=True, lora_config="nowhere.json")
+    with pytest.raises(
+        UsageError, match="DeepSpeed ZeRO-3 cannot partition; drop --deepspeed .*deepspeed_zero2\\.json"
+    ):
+        load_model(model_args, args, tokenizer=None)
+    assert args.hf_deepspeed_config.is_zero3()

@@ -47,3 +47,18 @@ def test_the_callback_marks_a_saved_checkpoint_complete(tmp_path):
     args = SimpleNamespace(output_dir=str(tmp_path))
     CheckpointCompletion().on_save(args, SimpleNamespace(global_step=7, is_world_process_zero=True), control=None)
     assert checkpoints.is_complete(folder)
+
+
+def test_save_total_limit_neither_counts_nor_deletes_set_aside_checkpoints(tmp_path):
+    from transformers.trainer_utils import rotate_checkpoints
+
+    make_checkpoint(tmp_path, 2, marker_step=2)
+    make_checkpoint(tmp_path, 4)  # cut short by a crash
+    checkpoints.set_aside_incomplete(tmp_path)
+    make_checkpoint(tmp_path, 6, marker_step=6)
+    make_checkpoint(tmp_path, 8, marker_step=8)
+    # What the Trainer runs after each save with --save_total_limit 2.
+    rotate_checkpoints(str(tmp_path), save_total_limit=2)
+    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["checkpoint-6", "checkpoint-8"]
+    assert (tmp_path / "incomplete-checkpoint-4" / "model.safetensors").read_bytes() == b"weights"
+    assert checkpoints.last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-8"
