@@ -49,3 +49,35 @@ def test_a_projector_of_another_shape_is_refused_and_the_right_one_loads(tmp_pat
     load_projector(model, right)
     assert torch.equal(model.mm_projector.weight, weights["mm_projector.weight"])
     assert torch.equal(model.mm_projector.bias, weights["mm_projector.bias"])
+
+
+def test_image_flags_of_stage_2_reach_serving(prepared_base, tiny_clip_id, tmp_path):
+    from PIL import Image
+    from transformers import HfArgumentParser
+
+    from webui.engine import ModelBackend
+    from yuren_core.vision import ImageProcessor
+    from yuren_core.vocab import load_tokenizer
+    from yuren_trainer.multimodal import VisionTowerArguments, assemble_fused_model
+
+    (vision_args,) = HfArgumentParser(VisionTowerArguments).parse_args_into_dataclasses(
+        ["--clip_model", tiny_clip_id, "--image_pad_to_square", "True", "--vision_feature_layer", "-1"]
+    )
+    model = assemble_fused_model(str(prepared_base), vision_args, SimpleNamespace(deepspeed=None))
+    model.save_pretrained(tmp_path)
+    load_tokenizer(str(prepared_base)).save_pretrained(tmp_path)
+
+    backend = ModelBackend.from_pretrained(tmp_path)
+    served = backend.model
+    assert served.config.image_pad_to_square is True and served.config.vision_feature_layer == -1
+    wide = Image.new("RGB", (64, 16), (250, 10, 10))
+    pixels = backend.image_processor(wide)
+    config = served.config
+    padded = ImageProcessor(config.image_preprocess_config, pad_to_square=True)(wide)
+    cropped = ImageProcessor(config.image_preprocess_config, pad_to_square=False)(wide)
+    assert torch.equal(pixels, padded) and not torch.equal(pixels, cropped)
+    with torch.no_grad():
+        features = served.encode_images(pixels)
+        last = served.mm_projector(served.vision_tower(pixels, layer=-1))
+        penultimate = served.mm_projector(served.vision_tower(pixels, layer=-2))
+    assert torch.equal(features, last) and not torch.equal(features, penultimate)
