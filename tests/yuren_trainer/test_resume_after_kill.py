@@ -49,17 +49,30 @@ def run(launcher: list[str], flags: list[str], tmp_path: Path, kill: str | None 
     env.pop("YUREN_KILL", None)
     if kill:
         env["YUREN_KILL"] = kill
-    result = subprocess.run(
-        [*launcher, str(KILLED_TRAINING), *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    # In a session of its own, so a run that hangs can be ended with every rank torchrun started.
+    process = subprocess.Popen(
+        [*launcher, str(KILLED_TRAINING), *flags],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    log = result.stdout[-3000:] + result.stderr[-5000:]
+    try:
+        stdout, stderr = process.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    log = stdout[-3000:] + stderr[-5000:]
     if kill is None:
-        assert result.returncode == 0, log
+        assert process.returncode == 0, log
     elif launcher == [sys.executable]:
-        assert result.returncode == -signal.SIGKILL, log
+        assert process.returncode == -signal.SIGKILL, log
     else:
         # torchrun reports the dead rank and stops the others.
-        assert result.returncode != 0 and "Signal 9 (SIGKILL)" in log, log
+        assert process.returncode != 0 and "Signal 9 (SIGKILL)" in log, log
 
 
 def step_logs(output: Path) -> list[tuple]:
