@@ -115,7 +115,7 @@ def test_wandb_without_login_fails_early_with_the_ways_out(tmp_path, monkeypatch
 
 
 def test_lora_under_zero3_is_refused_before_any_loading(tmp_path):
-    from yuren_trainer.text_sft import load_model
+    from yuren_trainer.models import load_model_to_train
 
     zero3 = REPO / "apps" / "yuren_trainer" / "config" / "deepspeed_config.json"
     _, _, args = parse(tmp_path, "--deepspeed", str(zero3), "--bf16", "False", "--tf32", "False")
@@ -123,5 +123,5 @@ def test_lora_under_zero3_is_refused_before_any_loading(tmp_path):
     with pytest.raises(
         UsageError, match="DeepSpeed ZeRO-3 cannot partition; drop --deepspeed .*deepspeed_zero2\\.json"
     ):
-        load_model(model_args, args, tokenizer=None)
+        load_model_to_train(model_args, args, tokenizer=None)
     assert args.hf_deepspeed_config.is_zero3()

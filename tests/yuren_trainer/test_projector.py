@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from yuren_trainer.arguments import UsageError
-from yuren_trainer.multimodal import PROJECTOR_FILE, load_projector, save_projector
+from yuren_trainer.projector import PROJECTOR_FILE, load_projector, save_projector
 
 
 def test_the_projector_is_collected_from_every_shard(fused_model_dir, tmp_path):
@@ -58,7 +58,8 @@ def test_image_flags_of_stage_2_reach_serving(prepared_base, tiny_clip_id, tmp_p
     from webui.engine import ModelBackend
     from yuren_core.vision import ImageProcessor
     from yuren_core.vocab import load_tokenizer
-    from yuren_trainer.multimodal import VisionTowerArguments, assemble_fused_model
+    from yuren_trainer.arguments import VisionTowerArguments
+    from yuren_trainer.models import assemble_fused_model
 
     (vision_args,) = HfArgumentParser(VisionTowerArguments).parse_args_into_dataclasses(
         ["--clip_model", tiny_clip_id, "--image_pad_to_square", "True", "--vision_feature_layer", "-1"]

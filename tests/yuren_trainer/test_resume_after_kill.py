@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from repo_helpers import REPO, free_port
 from safetensors.torch import load_file
-from trainer_helpers import CPU_FLAGS, MEMORY_CONVERSATIONS, REPO, trainer_state, write_json
+from trainer_helpers import CPU_FLAGS, MEMORY_CONVERSATIONS, trainer_state, write_json
 
 from yuren_trainer.checkpoints import is_complete
 
@@ -114,8 +115,6 @@ def test_single_process_killed_three_times_ends_as_an_uninterrupted_run(prepared
 # Four 2-rank launches; the first on a fresh machine also compiles DeepSpeed's CPU communication op.
 @pytest.mark.timeout(1800)
 def test_zero3_on_two_ranks_killed_at_a_boundary_and_mid_write_ends_as_an_uninterrupted_run(prepared_base, tmp_path):
-    from test_torchrun import free_port
-
     train = write_json(tmp_path / "train.json", TRAIN_RECORDS)
     torchrun = str(Path(sys.executable).with_name("torchrun"))
 
