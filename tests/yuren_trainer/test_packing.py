@@ -35,14 +35,13 @@ def test_packed_rows_restart_positions_and_mask_the_first_label(tokenizer):
     columns = {key: [row[key] for row in singles] for key in ("input_ids", "labels", "images")}
     packed = pack_rows(columns, max_length=sum(len(r["input_ids"]) for r in singles))
     assert len(packed["input_ids"]) == 1 and packed["seq_lengths"][0] == [len(r["input_ids"]) for r in singles]
+    # Packing only concatenates; the collator masks each conversation's first label.
+    assert packed["labels"][0] == [t for r in singles for t in r["input_ids"]]
     first_masked = [t for r in singles for t in [IGNORE_INDEX, *r["input_ids"][1:]]]
-    assert packed["labels"][0] == first_masked
 
     pad = special_ids(tokenizer).pad
     row = {key: packed[key][0] for key in packed}
-    # The collator masks each conversation's first label itself too, for packed rows made elsewhere.
-    unmasked = {**row, "labels": [t for r in singles for t in r["input_ids"]]}
-    batch = PackedCollator(pad)([unmasked, singles[0]])
+    batch = PackedCollator(pad)([row, singles[0]])
     assert "attention_mask" not in batch and batch["use_cache"] is False
     lengths = row["seq_lengths"]
     expected_positions = torch.cat([torch.arange(n) for n in lengths])
