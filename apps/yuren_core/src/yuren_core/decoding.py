@@ -86,14 +86,19 @@ class Decoder:
     The model must expose ``model.model`` (the decoder stack, taking
     ``input_ids``, ``position_ids``, ``cache``) and ``lm_head``, as
     transformers' ``*ForCausalLM`` classes do. ``compile`` switches to a static
-    cache of ``max_cache_len`` tokens and a compiled decode step.
+    cache and a compiled decode step. Static caches come in sizes of whole
+    multiples of ``STATIC_CACHE_STEP`` tokens (at most ``max_cache_len``): attention
+    reads the whole cache every step, so a short chat should not pay for the
+    full context, and each size compiles once.
     """
+
+    STATIC_CACHE_STEP = 512
 
     def __init__(self, model, *, compile: bool = False, max_cache_len: int | None = None):
         self.model = model
         self.compiled = compile
         self.max_cache_len = max_cache_len or model.config.max_position_embeddings
-        self._static_cache = None
+        self._static_caches: dict[int, StaticCache] = {}
         self._step = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
 
     @torch.inference_mode()
@@ -101,12 +106,15 @@ class Decoder:
         if not self.compiled:
             layers = self.model.config.get_text_config(decoder=True).num_hidden_layers
             return Cache(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
-        # One cache for every answer, so the compiled step keeps its shapes (and its graph).
-        if self._static_cache is None:
-            self._static_cache = StaticCache(config=self.model.config, max_cache_len=self.max_cache_len)
+        # Reused across answers, so the compiled step keeps its shapes (and its graph) for each size.
+        step = self.STATIC_CACHE_STEP
+        size = min(self.max_cache_len, -(-capacity // step) * step)
+        cache = self._static_caches.get(size)
+        if cache is None:
+            cache = self._static_caches[size] = StaticCache(config=self.model.config, max_cache_len=size)
         else:
-            self._static_cache.reset()
-        return self._static_cache
+            cache.reset()
+        return cache
 
     def _decode_step(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
         """Logits ``[1, vocab]`` for one new ``token`` ``[1, 1]`` at ``position`` ``[1, 1]``, extending ``cache``.

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
 from .modeling import YuRenConfig, YuRenForCausalLM
+from .quantized import saved_quantization
 from .vision import ImageProcessor, load_open_clip_vision
 from .vocab import load_tokenizer, special_ids
 
@@ -119,6 +120,17 @@ def quantization_config(
     return None
 
 
+def checked_saved_bits(path: str, saved_bits: int, *, load_8bit: bool, load_4bit: bool) -> tuple[bool, bool]:
+    """``(load_8bit, load_4bit)`` for a checkpoint saved in ``saved_bits``; refuses flags asking for the other width."""
+    asked = 8 if load_8bit else 4 if load_4bit else None
+    if asked is not None and asked != saved_bits:
+        raise ValueError(
+            f"{path} holds {saved_bits}-bit weights (config.json's quantization_config) but {asked}-bit loading was "
+            f"asked for; load it without load_8bit/load_4bit, or quantize the full-precision checkpoint to {asked} bits"
+        )
+    return saved_bits == 8, saved_bits == 4
+
+
 def load_model(
     path: str | PathLike,
     *,
@@ -135,6 +147,10 @@ def load_model(
     linear layers are quantized while the vision tower, projector and output
     head stay in ``dtype``. ``device_map`` is passed to ``from_pretrained``
     (e.g. ``"auto"``).
+
+    A checkpoint written by ``quantize`` (its ``config.json`` has a
+    ``quantization_config``) loads its saved 8-bit or 4-bit weights directly,
+    as if ``load_8bit`` or ``load_4bit`` were given; asking for the other is an error.
     """
     path = str(path)
     config = AutoConfig.from_pretrained(path)
@@ -143,14 +159,15 @@ def load_model(
             f"{path}/config.json has model_type {config.model_type!r}, not 'yuren': it is not a YuRen checkpoint "
             "(a prepared base must first be fused with build_fused_model and trained)"
         )
+    saved_bits = saved_quantization(config)
+    if saved_bits is not None:
+        load_8bit, load_4bit = checked_saved_bits(path, saved_bits, load_8bit=load_8bit, load_4bit=load_4bit)
     if dtype is None:
         dtype = torch.float16 if load_8bit else default_dtype()
+    # A saved quantized checkpoint brings its own quantization_config (transformers reads it from config.json).
+    quantization = None if saved_bits else quantization_config(load_8bit=load_8bit, load_4bit=load_4bit, dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        path,
-        config=config,
-        dtype=dtype,
-        device_map=device_map,
-        quantization_config=quantization_config(load_8bit=load_8bit, load_4bit=load_4bit, dtype=dtype),
+        path, config=config, dtype=dtype, device_map=device_map, quantization_config=quantization
     )
     model.eval()
     return model, load_tokenizer(path), ImageProcessor.from_config(model.config)
