@@ -120,8 +120,8 @@ def test_cli_serves_the_named_model(launched, tmp_path):
     model = tmp_path / "my-model"
     model.mkdir()
     cli.main([str(model), "--load_8bit", "False", "--load_4bit", "True", "--server_name", "0.0.0.0",
-              "--auth", "alice:secret-enough", "--lang", "en"])  # fmt: skip
-    assert launched["load"] == (str(model), {"load_8bit": False, "load_4bit": True})
+              "--auth", "alice:secret-enough", "--lang", "en", "--compile", "True"])  # fmt: skip
+    assert launched["load"] == (str(model), {"load_8bit": False, "load_4bit": True, "compile": True})
     settings = launched["serve"]
     assert settings["server_name"] == "0.0.0.0" and settings["auth"] == ("alice", "secret-enough")
     assert settings["blocked_paths"] == [model]  # the model directory is never served
