@@ -9,11 +9,16 @@ reads it, full precision or quantized, with no hub access.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from os import PathLike
+from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+from safetensors import safe_open
+from transformers import AutoConfig, BitsAndBytesConfig, GenerationConfig
+from transformers.utils import GENERATION_CONFIG_NAME
 
 from .modeling import YuRenConfig, YuRenForCausalLM
 from .quantized import saved_quantization
@@ -120,6 +125,33 @@ def quantization_config(
     return None
 
 
+@contextmanager
+def unmapped_weights(path: str) -> Iterator[dict | None]:
+    """Lazy tensors of the local safetensors checkpoint at ``path``, read with ``pread`` rather than a memory map.
+
+    transformers maps checkpoint files whole, and every page it reads stays
+    resident while the file is mapped; when weights are quantized on loading,
+    that is the whole full-precision checkpoint held beside the quantized copy.
+    Read this way, only the tensor being quantized is held. Yields ``None``
+    (load as usual) for a hub id or a checkpoint not in safetensors.
+    """
+    directory = Path(path)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({directory / name for name in json.loads(index.read_text())["weight_map"].values()})
+    elif (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    else:
+        yield None
+        return
+    with ExitStack() as stack:
+        weights = {}
+        for file in files:
+            handle = stack.enter_context(safe_open(str(file), framework="pt", device="cpu", backend="pread"))
+            weights.update({name: handle.get_slice(name) for name in handle.keys()})
+        yield weights
+
+
 def checked_saved_bits(path: str, saved_bits: int, *, load_8bit: bool, load_4bit: bool) -> tuple[bool, bool]:
     """``(load_8bit, load_4bit)`` for a checkpoint saved in ``saved_bits``; refuses flags asking for the other width."""
     asked = 8 if load_8bit else 4 if load_4bit else None
@@ -166,8 +198,17 @@ def load_model(
         dtype = torch.float16 if load_8bit else default_dtype()
     # A saved quantized checkpoint brings its own quantization_config (transformers reads it from config.json).
     quantization = None if saved_bits else quantization_config(load_8bit=load_8bit, load_4bit=load_4bit, dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, config=config, dtype=dtype, device_map=device_map, quantization_config=quantization
-    )
+    with unmapped_weights(path) if quantization is not None else nullcontext() as weights:
+        model = YuRenForCausalLM.from_pretrained(
+            None if weights is not None else path,
+            config=config,
+            dtype=dtype,
+            device_map=device_map,
+            quantization_config=quantization,
+            state_dict=weights,
+        )
+    if weights is not None and (Path(path) / GENERATION_CONFIG_NAME).is_file():
+        # Loaded from tensors, not from the directory: its generation settings come separately.
+        model.generation_config = GenerationConfig.from_pretrained(path)
     model.eval()
     return model, load_tokenizer(path), ImageProcessor.from_config(model.config)
