@@ -99,7 +99,10 @@ class Decoder:
         self.compiled = compile
         self.max_cache_len = max_cache_len or model.config.max_position_embeddings
         self._static_caches: dict[int, StaticCache] = {}
-        self._step = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
+        self.device = model.device
+        # On a GPU, CUDA graphs replay the whole step without launching its kernels one by one from Python.
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self._step = torch.compile(self._decode_step, dynamic=False, mode=mode) if compile else self._decode_step
 
     @torch.inference_mode()
     def _new_cache(self, capacity: int) -> Cache:
@@ -134,7 +137,7 @@ class Decoder:
 
     @torch.inference_mode()
     def _next(self, token: int, position: int, cache) -> torch.Tensor:
-        device = self.model.device
+        device = self.device
         return self._step(
             torch.tensor([[token]], device=device), torch.tensor([[position]], device=device), cache
         ).float()
@@ -166,7 +169,7 @@ class Decoder:
             )
         processors = logits_processors(temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
         greedy = temperature == 0
-        device = self.model.device
+        device = self.device
         stop = set(stop_ids)
         # Prompt and answer so far, preallocated: the repetition penalty reads it every step.
         history = torch.empty(1, len(input_ids) + max_new_tokens, dtype=torch.long, device=device)
