@@ -9,6 +9,7 @@ reads it, full precision or quantized, with no hub access.
 
 from __future__ import annotations
 
+import ctypes
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -125,6 +126,23 @@ def quantization_config(
     return None
 
 
+def return_large_frees_to_the_system() -> None:
+    """Make glibc's malloc serve allocations of 1 MiB and more with mmap, so freeing them returns the memory.
+
+    glibc raises its mmap threshold (up to 32 MiB) after a large block is
+    freed; the weights read one by one while quantizing then come from the
+    heap and stay resident after being freed: the peak of a quantizing load
+    became that of the whole full-precision checkpoint. A fixed threshold keeps
+    each freed weight out of the process. Process-wide, and a no-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 1 << 20)
+
+
 @contextmanager
 def unmapped_weights(path: str) -> Iterator[dict | None]:
     """Lazy tensors of the local safetensors checkpoint at ``path``, read with ``pread`` rather than a memory map.
@@ -144,6 +162,7 @@ def unmapped_weights(path: str) -> Iterator[dict | None]:
     else:
         yield None
         return
+    return_large_frees_to_the_system()
     with ExitStack() as stack:
         weights = {}
         for file in files:
