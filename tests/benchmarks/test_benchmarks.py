@@ -22,6 +22,7 @@ def test_gpu_script_smoke_runs_every_section(run_benchmark):
     assert {name: s["ok"] for name, s in record["sections"].items()} == {"decode": True, "training": True, "int8": True}
     decode = record["decode"]
     assert decode["eager"]["new_tokens"] == decode["static_compiled"]["new_tokens"] == 8
+    assert decode["decoder_eager"]["new_tokens"] == 8  # the web UI's path
     ways = record["training"]["ways"]
     real = {way["real_tokens"] for way in ways.values()}
     assert len(real) == 1, "packed and padded steps must train on the same conversations"

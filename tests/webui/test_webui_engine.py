@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from webui.backend import GenerationParams, PromptTooLong
-from webui.engine import ModelBackend, StopOnEvent
+from webui.engine import ModelBackend
 from webui.session import Attachment, ChatSession, Exchange
 from yuren_core.chatml import render
 from yuren_core.constants import IM_END
@@ -31,39 +31,38 @@ def image_backend(fused):
     return ModelBackend(*fused)
 
 
-def spy_generate(monkeypatch, backend) -> list[dict]:
-    """Record each model.generate call's arguments, prompt length and new tokens."""
+def spy_tokens(monkeypatch, backend) -> list[dict]:
+    """Record each answer's prompt length, decoding arguments and the tokens decoded for it."""
     calls = []
-    original = backend.model.generate
+    original = backend.decoder.tokens
 
-    def generate(**kwargs):
-        out = original(**kwargs)
-        prompt = kwargs["input_ids"].shape[1]
-        new = out[0, prompt:].tolist()
-        calls.append({"prompt": prompt, "new_tokens": len(new), "tokens": new, "kwargs": kwargs})
-        return out
+    def tokens(input_ids, **kwargs):
+        call = {"prompt": len(input_ids), "tokens": [], "kwargs": kwargs}
+        calls.append(call)
+        for token in original(input_ids, **kwargs):
+            call["tokens"].append(token)
+            yield token
 
-    monkeypatch.setattr(backend.model, "generate", generate)
+    monkeypatch.setattr(backend.decoder, "tokens", tokens)
     return calls
 
 
 def rig_logits(monkeypatch, model, favourites: dict[int, float]) -> None:
     """Make every next-token logit ``favourites[token]`` (all others -1e4), whatever the random weights say.
 
-    The real forward still runs (cache, threads, generate's loop); only its
+    The real forward still runs (cache, decoder stack); only the output head's
     logits are replaced, so sampling behaviour can be checked exactly.
     """
-    original = model.forward
+    head = model.get_output_embeddings()
+    original = head.forward
 
-    def forward(*args, **kwargs):
-        out = original(*args, **kwargs)
-        rigged = torch.full_like(out.logits, -1e4)
+    def forward(hidden):
+        rigged = torch.full_like(original(hidden), -1e4)
         for token, logit in favourites.items():
             rigged[..., token] = logit
-        out.logits = rigged
-        return out
+        return rigged
 
-    monkeypatch.setattr(model, "forward", forward)
+    monkeypatch.setattr(head, "forward", forward)
 
 
 def ordinary_tokens(tokenizer, text: str) -> list[int]:
@@ -165,7 +164,7 @@ def test_new_turn_that_cannot_fit_is_refused(text_model):
 def test_temperature_zero_is_greedy_and_sampling_is_random(text_backend, monkeypatch):
     first, second = ordinary_tokens(text_backend.tokenizer, "你好")[:2]
     rig_logits(monkeypatch, text_backend.model, {first: 1.0, second: 0.0})
-    calls = spy_generate(monkeypatch, text_backend)
+    calls = spy_tokens(monkeypatch, text_backend)
     messages = [{"role": "user", "content": "Tell me a story."}]
     answer(text_backend, messages, GenerationParams(max_new_tokens=30, temperature=0, repetition_penalty=1.0), seed=1)
     assert set(calls[-1]["tokens"]) == {first}  # greedy: always the top token
@@ -180,7 +179,7 @@ def test_top_p_limits_the_candidates(text_backend, monkeypatch):
     likely, less, least = ordinary_tokens(text_backend.tokenizer, "你好吗")[:3]
     probabilities = {likely: 0.6, less: 0.3, least: 0.1}
     rig_logits(monkeypatch, text_backend.model, {t: math.log(p) for t, p in probabilities.items()})
-    calls = spy_generate(monkeypatch, text_backend)
+    calls = spy_tokens(monkeypatch, text_backend)
     messages = [{"role": "user", "content": "Tell me a story."}]
     for top_p, allowed in ((1.0, {likely, less, least}), (0.85, {likely, less}), (0.5, {likely})):
         answer(text_backend, messages, GenerationParams(max_new_tokens=40, temperature=1.0, top_p=top_p,
@@ -196,64 +195,57 @@ def test_repetition_penalty_and_max_new_tokens_apply(text_backend, monkeypatch):
     assert seen in prompt and fresh not in prompt
     # The repeated token leads 1.0 to 0.8; a penalty of 2 halves it to 0.5, so the fresh one wins.
     rig_logits(monkeypatch, text_backend.model, {seen: 1.0, fresh: 0.8})
-    calls = spy_generate(monkeypatch, text_backend)
+    calls = spy_tokens(monkeypatch, text_backend)
     answer(text_backend, messages, GenerationParams(max_new_tokens=5, temperature=0, repetition_penalty=1.0))
     answer(text_backend, messages, GenerationParams(max_new_tokens=3, temperature=0, repetition_penalty=2.0))
     assert calls[0]["tokens"] == [seen] * 5
     assert calls[1]["tokens"][0] == fresh and len(calls[1]["tokens"]) == 3
 
 
-def test_stop_ends_the_generation_thread(text_backend, monkeypatch):
+def test_stop_ends_the_answer_at_once(text_backend, monkeypatch):
     # One token forever: no early end of turn, whatever the random weights would have said.
     rig_logits(monkeypatch, text_backend.model, {ordinary_tokens(text_backend.tokenizer, "好")[0]: 0.0})
-    calls = spy_generate(monkeypatch, text_backend)
+    calls = spy_tokens(monkeypatch, text_backend)
     stop = threading.Event()
     params = GenerationParams(max_new_tokens=400, temperature=0, repetition_penalty=1.0)
     pieces = text_backend.stream([{"role": "user", "content": "Go on and on."}], [], params, stop)
     next(pieces)
     stop.set()
-    list(pieces)  # returns once the worker thread has been joined
-    assert not [t for t in threading.enumerate() if t.name == "yuren-generate"]
-    assert calls[0]["new_tokens"] < 50
+    assert list(pieces) == []
+    assert len(calls[0]["tokens"]) == 1  # no forward after the stop request
     # Not stopped, the same request runs to the full length.
     list(text_backend.stream([{"role": "user", "content": "Go on and on."}], [], params, threading.Event()))
-    assert calls[1]["new_tokens"] == 400
+    assert len(calls[1]["tokens"]) == 400
 
 
-def test_abandoned_stream_still_ends_its_thread(text_backend, monkeypatch):
+def test_abandoned_stream_ends_and_frees_the_model(text_backend, monkeypatch):
     rig_logits(monkeypatch, text_backend.model, {ordinary_tokens(text_backend.tokenizer, "好")[0]: 0.0})
-    calls = spy_generate(monkeypatch, text_backend)
+    calls = spy_tokens(monkeypatch, text_backend)
     params = GenerationParams(max_new_tokens=400, temperature=0)
     pieces = text_backend.stream([{"role": "user", "content": "Go on."}], [], params, threading.Event())
     next(pieces)
     pieces.close()  # e.g. the browser went away
-    assert calls[0]["new_tokens"] < 50
-
-
-def test_stop_criterion_reads_its_event():
-    event = threading.Event()
-    criterion = StopOnEvent(event)
-    ids = torch.zeros(2, 3, dtype=torch.long)
-    assert not criterion(ids, None).any()
-    event.set()
-    assert criterion(ids, None).all()
+    assert len(calls[0]["tokens"]) == 1
+    # The next request is not kept waiting for the abandoned one.
+    assert answer(text_backend, [{"role": "user", "content": "hi"}], GenerationParams(max_new_tokens=3, temperature=0))
 
 
 def test_out_of_memory_reaches_the_caller_and_the_next_request_works(text_backend, monkeypatch):
-    original = text_backend.model.generate
+    original = text_backend.decoder.tokens
 
-    def exhausted(**kwargs):
+    def exhausted(input_ids, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        yield
 
-    monkeypatch.setattr(text_backend.model, "generate", exhausted)
+    monkeypatch.setattr(text_backend.decoder, "tokens", exhausted)
     with pytest.raises(torch.OutOfMemoryError):
         answer(text_backend, [{"role": "user", "content": "hi"}])
-    monkeypatch.setattr(text_backend.model, "generate", original)
+    monkeypatch.setattr(text_backend.decoder, "tokens", original)
     assert answer(text_backend, [{"role": "user", "content": "hi"}], GenerationParams(max_new_tokens=3, temperature=0))
 
 
 def test_images_reach_the_model(image_backend, monkeypatch):
-    calls = spy_generate(monkeypatch, image_backend)
+    calls = spy_tokens(monkeypatch, image_backend)
     session = session_with(image_backend, [("What is it?", 2, None)])
     messages, images = session.conversation(SYSTEM)
     answer(image_backend, messages, GREEDY, images=images)

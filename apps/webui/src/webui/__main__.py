@@ -4,6 +4,7 @@ Examples::
 
     webui                                   # the small demo model, built on first use
     webui dist/yuren-7b-stage3 --load_8bit True
+    webui dist/yuren-7b-stage3-8bit         # written once by `quantize MODEL --bits 8 --output DIR`
     webui pleisto/yuren-baichuan-7b --server_name 0.0.0.0 --auth-file ~/.config/yuren/webui-auth
 
 Credentials: ``--auth-file FILE`` (one line ``USER:PASS``, readable only by you)
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         metavar="True|False",
         help="quantize the language model to 4 bits (NF4) with bitsandbytes",
+    )
+    parser.add_argument(
+        "--compile",
+        type=str2bool,
+        default=False,
+        metavar="True|False",
+        help="decode on a static KV cache with torch.compile (compiles on the first answers; pays on a GPU)",
     )
     parser.add_argument(
         "--server_name", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
@@ -179,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
                 "or a hub id such as pleisto/yuren-baichuan-7b"
             )
     try:
-        backend = ModelBackend.from_pretrained(model_path, load_8bit=args.load_8bit, load_4bit=args.load_4bit)
+        backend = ModelBackend.from_pretrained(
+            model_path, load_8bit=args.load_8bit, load_4bit=args.load_4bit, compile=args.compile
+        )
     except OSError as error:
         # transformers' message names the model and what it looked for (a missing hub repo, a folder without config).
         print(f"webui: error: {error}", file=sys.stderr)

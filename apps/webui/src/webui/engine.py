@@ -1,11 +1,11 @@
-"""The real chat backend: a YuRen model generating in a thread, streamed as text.
+"""The real chat backend: a YuRen model decoding in the caller's thread, streamed as text.
 
 Prompts are rendered only by :func:`yuren_core.chatml.render` in
 generation-prompt mode, so the model sees history exactly as training rendered
-it. ``model.generate`` runs in a worker thread feeding a
-:class:`~transformers.TextIteratorStreamer`; a stopping criterion bound to the
-request's stop event is what actually ends that thread early (closing the
-streamer alone would leave ``generate`` running to ``max_new_tokens``).
+it. Tokens come from :class:`yuren_core.decoding.Decoder` (a lean loop over the
+model and its KV cache, sampling as ``generate`` does) one step per yield, so
+the request's stop event, checked before every step, ends the answer at once,
+and so does closing the stream.
 """
 
 from __future__ import annotations
@@ -19,24 +19,14 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from yuren_core.chatml import render
+from yuren_core.decoding import Decoder, TextDeltas
 from yuren_core.vocab import special_ids
 
 from .backend import GenerationParams, ImagesNotSupported, PromptTooLong, is_out_of_memory
 
 logger = logging.getLogger(__name__)
-
-
-class StopOnEvent(StoppingCriteria):
-    """Stop every sequence in the batch once ``event`` is set (checked after each new token)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass(frozen=True)
@@ -53,10 +43,20 @@ class ModelBackend:
 
     ``image_processor`` is ``None`` for a text-only model. ``context_length``
     defaults to the model's ``max_position_embeddings``. Generations run one at
-    a time: a second request waits for the first to finish.
+    a time: a second request waits for the first to finish. ``compile``
+    decodes with a static KV cache and a compiled step (see
+    :class:`~yuren_core.decoding.Decoder`).
     """
 
-    def __init__(self, model, tokenizer, image_processor=None, *, context_length: int | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_processor=None,
+        *,
+        context_length: int | None = None,
+        compile: bool = False,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -67,6 +67,7 @@ class ModelBackend:
         self.eos_token_id = [ids.im_end, ids.eos]
         self.pad_token_id = ids.pad
         self._generate_lock = threading.Lock()
+        self.decoder = Decoder(model, compile=compile, max_cache_len=self._context_length)
 
     @classmethod
     def from_pretrained(
@@ -76,6 +77,7 @@ class ModelBackend:
         load_8bit: bool = False,
         load_4bit: bool = False,
         device_map: str | dict | None = None,
+        compile: bool = False,
     ) -> ModelBackend:
         """Load a YuRen checkpoint (directory or hub id) with :func:`yuren_core.loading.load_model`."""
         from yuren_core.loading import load_model
@@ -85,7 +87,7 @@ class ModelBackend:
         model, tokenizer, image_processor = load_model(
             path, load_8bit=load_8bit, load_4bit=load_4bit, device_map=device_map
         )
-        return cls(model, tokenizer, image_processor)
+        return cls(model, tokenizer, image_processor, compile=compile)
 
     @property
     def context_length(self) -> int:
@@ -169,21 +171,6 @@ class ModelBackend:
         _, dropped = self._fit([], turns, self.context_length - 1)
         return dropped
 
-    def generation_kwargs(self, params: GenerationParams) -> dict[str, Any]:
-        """Arguments for ``model.generate`` carrying ``params`` (sampling, or greedy at temperature 0)."""
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": int(params.max_new_tokens),
-            "repetition_penalty": float(params.repetition_penalty),
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-        }
-        if params.greedy:
-            kwargs["do_sample"] = False
-        else:
-            # top_k off, so top_p alone decides the candidate set.
-            kwargs.update(do_sample=True, temperature=float(params.temperature), top_p=float(params.top_p), top_k=0)
-        return kwargs
-
     def stream(
         self,
         messages: Sequence[Mapping],
@@ -191,40 +178,35 @@ class ModelBackend:
         params: GenerationParams,
         stop_event: threading.Event,
     ) -> Iterator[str]:
-        """Yield the answer to ``messages`` as it is generated; see :meth:`webui.backend.ChatBackend.stream`."""
-        prompt = self.build_prompt(messages, images, params.max_new_tokens)
-        device = self.model.device
-        input_ids = torch.tensor([prompt.input_ids], device=device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([StopOnEvent(stop_event)]),
-            **self.generation_kwargs(params),
-        }
-        if prompt.images:
-            kwargs["pixel_values"] = torch.stack(prompt.images).to(device)
-        failure: list[BaseException] = []
-        worker = threading.Thread(target=self._generate, args=(kwargs, streamer, failure), name="yuren-generate")
-        worker.start()
-        try:
-            yield from streamer
-        finally:
-            # Also reached when the consumer gives up early (a closed generator): end the thread either way.
-            stop_event.set()
-            worker.join()
-        if failure:
-            raise failure[0]
+        """Yield the answer to ``messages`` as it is generated; see :meth:`webui.backend.ChatBackend.stream`.
 
-    def _generate(self, kwargs: dict[str, Any], streamer: TextIteratorStreamer, failure: list) -> None:
+        Decoding runs in the consumer's thread, a token per step between two
+        yields: no worker thread to hand tokens over or to end. One answer is
+        generated at a time; another request waits for the lock.
+        """
+        prompt = self.build_prompt(messages, images, params.max_new_tokens)
+        pixel_values = torch.stack(prompt.images).to(self.model.device) if prompt.images else None
         with self._generate_lock:
             try:
-                with torch.inference_mode():
-                    self.model.generate(**kwargs)
-            except BaseException as error:  # handed to the consumer, which re-raises it
-                failure.append(error)
+                tokens = self.decoder.tokens(
+                    prompt.input_ids,
+                    pixel_values=pixel_values,
+                    max_new_tokens=int(params.max_new_tokens),
+                    temperature=float(params.temperature),
+                    top_p=float(params.top_p),
+                    repetition_penalty=float(params.repetition_penalty),
+                    stop_ids=self.eos_token_id,
+                    should_stop=stop_event.is_set,
+                )
+                text = TextDeltas(self.tokenizer)
+                for token in tokens:
+                    piece = text.add(token)
+                    if piece:
+                        yield piece
+                rest = text.flush()
+                if rest:
+                    yield rest
+            except BaseException as error:
                 if is_out_of_memory(error) and torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                # generate did not reach streamer.end(); without it the consumer would wait forever.
-                streamer.end()
+                raise

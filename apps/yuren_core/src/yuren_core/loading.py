@@ -9,13 +9,20 @@ reads it, full precision or quantized, with no hub access.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from os import PathLike
+from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+from safetensors import safe_open
+from transformers import AutoConfig, BitsAndBytesConfig, GenerationConfig
+from transformers.utils import GENERATION_CONFIG_NAME
 
 from .modeling import YuRenConfig, YuRenForCausalLM
+from .quantized import saved_quantization
 from .vision import ImageProcessor, load_open_clip_vision
 from .vocab import load_tokenizer, special_ids
 
@@ -119,6 +126,62 @@ def quantization_config(
     return None
 
 
+def return_large_frees_to_the_system() -> None:
+    """Make glibc's malloc serve allocations of 1 MiB and more with mmap, so freeing them returns the memory.
+
+    glibc raises its mmap threshold (up to 32 MiB) after a large block is
+    freed; the weights read one by one while quantizing then come from the
+    heap and stay resident after being freed: the peak of a quantizing load
+    became that of the whole full-precision checkpoint. A fixed threshold keeps
+    each freed weight out of the process. Process-wide, and a no-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 1 << 20)
+
+
+@contextmanager
+def unmapped_weights(path: str) -> Iterator[dict | None]:
+    """Lazy tensors of the local safetensors checkpoint at ``path``, read with ``pread`` rather than a memory map.
+
+    transformers maps checkpoint files whole, and every page it reads stays
+    resident while the file is mapped; when weights are quantized on loading,
+    that is the whole full-precision checkpoint held beside the quantized copy.
+    Read this way, only the tensor being quantized is held. Yields ``None``
+    (load as usual) for a hub id or a checkpoint not in safetensors.
+    """
+    directory = Path(path)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({directory / name for name in json.loads(index.read_text())["weight_map"].values()})
+    elif (directory / "model.safetensors").is_file():
+        files = [directory / "model.safetensors"]
+    else:
+        yield None
+        return
+    return_large_frees_to_the_system()
+    with ExitStack() as stack:
+        weights = {}
+        for file in files:
+            handle = stack.enter_context(safe_open(str(file), framework="pt", device="cpu", backend="pread"))
+            weights.update({name: handle.get_slice(name) for name in handle.keys()})
+        yield weights
+
+
+def checked_saved_bits(path: str, saved_bits: int, *, load_8bit: bool, load_4bit: bool) -> tuple[bool, bool]:
+    """``(load_8bit, load_4bit)`` for a checkpoint saved in ``saved_bits``; refuses flags asking for the other width."""
+    asked = 8 if load_8bit else 4 if load_4bit else None
+    if asked is not None and asked != saved_bits:
+        raise ValueError(
+            f"{path} holds {saved_bits}-bit weights (config.json's quantization_config) but {asked}-bit loading was "
+            f"asked for; load it without load_8bit/load_4bit, or quantize the full-precision checkpoint to {asked} bits"
+        )
+    return saved_bits == 8, saved_bits == 4
+
+
 def load_model(
     path: str | PathLike,
     *,
@@ -135,6 +198,10 @@ def load_model(
     linear layers are quantized while the vision tower, projector and output
     head stay in ``dtype``. ``device_map`` is passed to ``from_pretrained``
     (e.g. ``"auto"``).
+
+    A checkpoint written by ``quantize`` (its ``config.json`` has a
+    ``quantization_config``) loads its saved 8-bit or 4-bit weights directly,
+    as if ``load_8bit`` or ``load_4bit`` were given; asking for the other is an error.
     """
     path = str(path)
     config = AutoConfig.from_pretrained(path)
@@ -143,14 +210,24 @@ def load_model(
             f"{path}/config.json has model_type {config.model_type!r}, not 'yuren': it is not a YuRen checkpoint "
             "(a prepared base must first be fused with build_fused_model and trained)"
         )
+    saved_bits = saved_quantization(config)
+    if saved_bits is not None:
+        load_8bit, load_4bit = checked_saved_bits(path, saved_bits, load_8bit=load_8bit, load_4bit=load_4bit)
     if dtype is None:
         dtype = torch.float16 if load_8bit else default_dtype()
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        config=config,
-        dtype=dtype,
-        device_map=device_map,
-        quantization_config=quantization_config(load_8bit=load_8bit, load_4bit=load_4bit, dtype=dtype),
-    )
+    # A saved quantized checkpoint brings its own quantization_config (transformers reads it from config.json).
+    quantization = None if saved_bits else quantization_config(load_8bit=load_8bit, load_4bit=load_4bit, dtype=dtype)
+    with unmapped_weights(path) if quantization is not None else nullcontext() as weights:
+        model = YuRenForCausalLM.from_pretrained(
+            None if weights is not None else path,
+            config=config,
+            dtype=dtype,
+            device_map=device_map,
+            quantization_config=quantization,
+            state_dict=weights,
+        )
+    if weights is not None and (Path(path) / GENERATION_CONFIG_NAME).is_file():
+        # Loaded from tensors, not from the directory: its generation settings come separately.
+        model.generation_config = GenerationConfig.from_pretrained(path)
     model.eval()
     return model, load_tokenizer(path), ImageProcessor.from_config(model.config)

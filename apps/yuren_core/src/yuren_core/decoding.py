@@ -1,0 +1,233 @@
+"""Decoding one answer token by token: a lean loop over the model and its KV cache.
+
+``model.generate`` re-derives per step what a single chat answer never changes
+(attention masks, cache positions, input preparation, stopping bookkeeping),
+and streaming from it needs a worker thread and a queue. :class:`Decoder`
+runs the prompt once through the model (images included), then one
+forward of the language model per new token, with the position and cache
+passed in, sampling with transformers' own logits processors so that the
+settings mean what they mean in ``generate``. Tokens come back as a plain
+iterator in the caller's thread; :class:`TextDeltas` turns them into text.
+
+``compile=True`` decodes on a :class:`~transformers.StaticCache` with the
+step function under ``torch.compile`` (fixed shapes: one graph for every
+step); it pays where per-step Python overhead, not arithmetic, limits batch-1
+decoding, i.e. on a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StaticCache,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One layer's KV cache writing into buffers sized for the whole answer.
+
+    ``DynamicLayer`` concatenates the new keys and values onto the old ones,
+    copying the whole cache on every decode step; this one writes the step in
+    place and hands attention a view of the filled part (same values, no copy).
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        batch, heads, _, key_dim = key_states.shape
+        self._key_buffer = key_states.new_empty(batch, heads, self.capacity, key_dim)
+        self._value_buffer = value_states.new_empty(batch, value_states.shape[1], self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} tokens; {end} do not fit")
+        self._key_buffer[:, :, self.length : end] = key_states
+        self._value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys = self._key_buffer[:, :, :end]
+        self.values = self._value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+def logits_processors(*, temperature: float, top_p: float, repetition_penalty: float) -> LogitsProcessorList:
+    """The processors ``generate`` would apply for these settings (``temperature == 0``: greedy)."""
+    processors = LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+    if temperature > 0:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p))
+    return processors
+
+
+class Decoder:
+    """Generate tokens for one sequence at a time from a causal LM (a YuRen model or any LLaMA-like one).
+
+    The model must expose ``model.model`` (the decoder stack, taking
+    ``input_ids``, ``position_ids``, ``cache``) and ``lm_head``, as
+    transformers' ``*ForCausalLM`` classes do. ``compile`` switches to a static
+    cache and a compiled decode step. Static caches come in sizes of whole
+    multiples of ``STATIC_CACHE_STEP`` tokens (at most ``max_cache_len``): attention
+    reads the whole cache every step, so a short chat should not pay for the
+    full context, and each size compiles once.
+    """
+
+    STATIC_CACHE_STEP = 512
+
+    def __init__(self, model, *, compile: bool = False, max_cache_len: int | None = None):
+        self.model = model
+        self.compiled = compile
+        self.max_cache_len = max_cache_len or model.config.max_position_embeddings
+        self._static_caches: dict[int, StaticCache] = {}
+        self.device = model.device
+        # On a GPU, CUDA graphs replay the whole step without launching its kernels one by one from Python.
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self._step = torch.compile(self._decode_step, dynamic=False, mode=mode) if compile else self._decode_step
+
+    @torch.inference_mode()
+    def _new_cache(self, capacity: int) -> Cache:
+        if not self.compiled:
+            layers = self.model.config.get_text_config(decoder=True).num_hidden_layers
+            return Cache(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
+        # Reused across answers, so the compiled step keeps its shapes (and its graph) for each size.
+        step = self.STATIC_CACHE_STEP
+        size = min(self.max_cache_len, -(-capacity // step) * step)
+        cache = self._static_caches.get(size)
+        if cache is None:
+            cache = self._static_caches[size] = StaticCache(config=self.model.config, max_cache_len=size)
+        else:
+            cache.reset()
+        return cache
+
+    def _decode_step(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+        """Logits ``[1, vocab]`` for one new ``token`` ``[1, 1]`` at ``position`` ``[1, 1]``, extending ``cache``.
+
+        Calls the decoder stack directly: the image handling of the full forward
+        only matters while the cache is empty, which a decode step never is.
+        """
+        hidden = self.model.model(input_ids=token, position_ids=position, cache=cache, use_cache=True)
+        return self.model.lm_head(hidden.last_hidden_state[:, -1, :])
+
+    @torch.inference_mode()
+    def _prefill(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, cache) -> torch.Tensor:
+        kwargs = {"pixel_values": pixel_values} if pixel_values is not None else {}
+        # Only the last position's logits are needed: a prompt of n tokens would otherwise cost n x vocab.
+        out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
+        return out.logits[:, -1, :]
+
+    @torch.inference_mode()
+    def _next(self, token: int, position: int, cache) -> torch.Tensor:
+        device = self.device
+        return self._step(
+            torch.tensor([[token]], device=device), torch.tensor([[position]], device=device), cache
+        ).float()
+
+    def tokens(
+        self,
+        input_ids: Sequence[int],
+        *,
+        pixel_values: torch.Tensor | None = None,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        stop_ids: Sequence[int] = (),
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[int]:
+        """Yield up to ``max_new_tokens`` new token ids continuing ``input_ids``.
+
+        Ends before yielding a token in ``stop_ids`` (end of turn), or as soon
+        as ``should_stop()`` is true (checked before every forward). Sampling
+        follows ``generate``: repetition penalty over prompt and answer, then
+        temperature and top-p; ``temperature == 0`` is greedy. The caller's
+        thread does the work; closing the iterator ends it.
+        """
+        if self.compiled and len(input_ids) + max_new_tokens > self.max_cache_len:
+            raise ValueError(
+                f"{len(input_ids)} prompt + {max_new_tokens} new tokens exceed the static cache of "
+                f"{self.max_cache_len} tokens"
+            )
+        processors = logits_processors(temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
+        greedy = temperature == 0
+        device = self.device
+        stop = set(stop_ids)
+        # Prompt and answer so far, preallocated: the repetition penalty reads it every step.
+        history = torch.empty(1, len(input_ids) + max_new_tokens, dtype=torch.long, device=device)
+        history[0, : len(input_ids)] = torch.tensor(list(input_ids))
+        length = len(input_ids)
+        cache = self._new_cache(len(input_ids) + max_new_tokens)
+        if should_stop():
+            return
+        logits = self._prefill(history[:, :length], pixel_values, cache).float()
+        for step in range(max_new_tokens):
+            scores = processors(history[:, :length], logits)
+            if greedy:
+                token = int(scores.argmax(dim=-1))
+            else:
+                token = int(torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1))
+            if token in stop:
+                return
+            history[0, length] = token
+            length += 1
+            yield token
+            if step == max_new_tokens - 1 or should_stop():
+                return
+            logits = self._next(token, length - 1, cache)
+
+
+class TextDeltas:
+    """Turn a growing list of token ids into the new text each token adds, as soon as it is complete.
+
+    Decodes a short window (from the token before the last emitted text), so a
+    step costs the same at token 10 and token 1000; the pieces concatenate to
+    ``tokenizer.decode(all_ids, skip_special_tokens=True)``. Text ending in an
+    incomplete UTF-8 character (a byte-fallback token) waits for the next token.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0  # start of the decoding window: the context that fixes leading spaces
+        self._read = 0  # tokens whose text has been emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, token: int) -> str:
+        """Append ``token``; return the text it completes ("" while a character is still incomplete)."""
+        self.ids.append(token)
+        seen = self._decode(self.ids[self._prefix : self._read])
+        text = self._decode(self.ids[self._prefix :])
+        if len(text) <= len(seen) or text.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return text[len(seen) :]
+
+    def flush(self) -> str:
+        """The text still held back at the end of the answer (an incomplete character, as decoded)."""
+        if self._read == len(self.ids):
+            return ""
+        seen = self._decode(self.ids[self._prefix : self._read])
+        text = self._decode(self.ids[self._prefix :])
+        self._prefix = self._read = len(self.ids)
+        return text[len(seen) :]

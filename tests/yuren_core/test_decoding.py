@@ -1,0 +1,94 @@
+"""The lean decode loop: the same tokens as ``generate`` (greedy and sampled), stop tokens, stop requests, text deltas."""
+
+import pytest
+import torch
+
+from yuren_core.decoding import Decoder, PreallocatedLayer, TextDeltas
+from yuren_core.loading import load_model
+
+
+@pytest.fixture(scope="module")
+def served(fused_model_dir):
+    return load_model(fused_model_dir)
+
+
+def image_prompt(config, text=(5, 6, 7)):
+    patches = [config.img_patch_token_id] * config.image_seq_len
+    return [*text, config.img_start_token_id, *patches, config.img_end_token_id, *text, 9, 10]
+
+
+PIXELS = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def generated(model, input_ids, pixel_values, seed=None, **kwargs):
+    if seed is not None:
+        torch.manual_seed(seed)
+    ids = torch.tensor([input_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=pixel_values,
+            eos_token_id=[],
+            pad_token_id=0,
+            **kwargs,
+        )
+    return out[0, len(input_ids) :].tolist()
+
+
+def decoded(model, input_ids, pixel_values, seed=None, **kwargs):
+    if seed is not None:
+        torch.manual_seed(seed)
+    return list(Decoder(model).tokens(input_ids, pixel_values=pixel_values, **kwargs))
+
+
+def test_greedy_tokens_match_generate_with_an_image(served):
+    model, _, _ = served
+    prompt = image_prompt(model.config)
+    expected = generated(model, prompt, PIXELS, max_new_tokens=24, do_sample=False, repetition_penalty=1.3)
+    assert decoded(model, prompt, PIXELS, max_new_tokens=24, repetition_penalty=1.3) == expected
+    # The image matters: the same prompt with another image decodes differently.
+    other = decoded(model, prompt, PIXELS.flip(-1) * 3, max_new_tokens=24, repetition_penalty=1.3)
+    assert other != expected
+
+
+def test_sampled_tokens_match_generate_for_the_same_seed(served):
+    model, _, _ = served
+    prompt = image_prompt(model.config)
+    settings = {"temperature": 1.3, "top_p": 0.8, "repetition_penalty": 1.2}
+    expected = generated(model, prompt, PIXELS, seed=3, max_new_tokens=24, do_sample=True, top_k=0, **settings)
+    assert decoded(model, prompt, PIXELS, seed=3, max_new_tokens=24, **settings) == expected
+    assert decoded(model, prompt, PIXELS, seed=4, max_new_tokens=24, **settings) != expected
+
+
+def test_stops_before_an_end_token_and_on_request(served):
+    model, _, _ = served
+    prompt = image_prompt(model.config)
+    free = decoded(model, prompt, PIXELS, max_new_tokens=12)
+    assert len(free) == 12
+    assert decoded(model, prompt, PIXELS, max_new_tokens=12, stop_ids=[free[5]]) == free[: free.index(free[5])]
+    steps = []
+    requested = decoded(model, prompt, PIXELS, max_new_tokens=12, should_stop=lambda: steps.append(1) or len(steps) > 3)
+    assert requested == free[:3]
+
+
+def test_preallocated_layer_returns_what_concatenation_would():
+    layer = PreallocatedLayer(capacity=5)
+    first, second = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 1, 4)
+    layer.update(first, -first)
+    keys, values = layer.update(second, -second)
+    assert torch.equal(keys, torch.cat([first, second], dim=2)) and torch.equal(values, -keys)
+    assert layer.get_seq_length() == 4
+    with pytest.raises(ValueError, match="holds 5 tokens"):
+        layer.update(torch.randn(1, 2, 2, 4), torch.randn(1, 2, 2, 4))
+
+
+def test_text_deltas_concatenate_to_the_whole_decode(tokenizer):
+    text = "Hello world, 你好吗？ A cat 🐈 sat. 羽人 answers\nline two"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    deltas = TextDeltas(tokenizer)
+    pieces = [deltas.add(token) for token in ids]
+    pieces.append(deltas.flush())
+    assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert sum(1 for piece in pieces if piece) > len(ids) // 2  # streamed, not held to the end
+    assert all("\ufffd" not in piece for piece in pieces)
