@@ -56,6 +56,7 @@ from transformers.models.llama.modeling_llama import LlamaModel
 
 from webui.backend import GenerationParams
 from webui.engine import ModelBackend
+from yuren_core.chatml import user_content
 from yuren_core.loading import load_model
 
 QUESTION = "请仔细观察这张图片, 描述画面中的主要物体、它们的颜色和位置, 并说明这张图片可能是在什么场合拍摄的。"
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     suppress_end_of_turn(model, backend.eos_token_id)
 
     image = backend.prepare_image(Image.new("RGB", (640, 480), (200, 120, 40)))
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    messages = [{"role": "user", "content": user_content(QUESTION, 1, backend.image_position)}]
     sampling = GenerationParams(max_new_tokens=args.new_tokens)
     greedy = GenerationParams(max_new_tokens=args.new_tokens, temperature=0.0)
     prompt = backend.build_prompt(messages, [image], args.new_tokens)

@@ -29,6 +29,7 @@ class FakeBackend:
         self.calls: list[dict] = []
         self.context_length = 4096
         self.supports_images = True
+        self.image_position = "before_text"
 
     def prepare_image(self, image):
         return f"image{image.size[0]}x{image.size[1]}"
@@ -46,7 +47,7 @@ class FakeBackend:
         if self.gate is not None:
             self.gate.wait(timeout=30)
         failure = self.fail.pop(0) if isinstance(self.fail, list) else self.fail
-        text = messages[-1]["content"][-1]["text"].strip()
+        text = "".join(part.get("text", "") for part in messages[-1]["content"]).strip()
         pieces = [f"echo#{len(self.calls)}:", text, f"[{len(images)} images]"] + ["word"] * self.words
         for i, piece in enumerate(pieces):
             if stop_event.is_set():

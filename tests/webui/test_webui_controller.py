@@ -16,7 +16,8 @@ import torch
 from webui.app import ChatController, Limits, new_session, reported
 from webui.backend import PromptTooLong
 from webui.labels import EN, LABELS, ZH
-from webui.session import ChatSession, Exchange, user_content
+from webui.session import ChatSession, Exchange
+from yuren_core.chatml import user_content
 
 SETTINGS = ("You are a test.", 0.9, 0.7, 64, 1.1)
 
@@ -47,7 +48,7 @@ def test_chat_streams_and_records_the_turn(fake_backend):
     call = backend.calls[0]
     assert call["messages"] == [
         {"role": "system", "content": "You are a test."},
-        {"role": "user", "content": user_content("hello", 0)},
+        {"role": "user", "content": user_content("hello", 0, "before_text")},
     ]
     assert (call["params"].top_p, call["params"].temperature, call["params"].max_new_tokens) == (0.9, 0.7, 64)
 
@@ -64,7 +65,7 @@ def test_history_and_images_go_back_to_the_model(fake_backend, images):
     roles = [m["role"] for m in call["messages"]]
     assert roles == ["system", "user", "assistant", "user"]
     assert call["messages"][2]["content"].startswith("echo#1: what is this?")
-    assert call["messages"][3]["content"] == user_content("and this?", 1)
+    assert call["messages"][3]["content"] == user_content("and this?", 1, "before_text")
 
 
 def test_retry_regenerates_the_last_answer(fake_backend):

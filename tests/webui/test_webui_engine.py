@@ -88,21 +88,31 @@ def session_with(backend, exchanges) -> ChatSession:
     return session
 
 
-def test_prompt_is_the_training_rendering_of_the_history(image_backend):
-    """UI history renders token-for-token as the same conversation in training (LLaVA-style ShareGPT) data."""
+@pytest.mark.parametrize("position", ["before_text", "after_text"])
+def test_prompt_is_the_training_rendering_of_the_history(fused, monkeypatch, position):
+    """UI history renders token-for-token as the same conversation in training data, images where training put them."""
+    monkeypatch.setattr(fused[0].config, "image_position", position)
+    image_backend = ModelBackend(*fused)
     session = session_with(
         image_backend,
         [("这是什么颜色？", 1, "红色。"), ("Compare these two.", 2, "Both red."), ("And now?", 0, None)],
     )
-    messages, images = session.conversation(SYSTEM)
+    messages, images = session.conversation(SYSTEM, image_backend.image_position)
     prompt = image_backend.build_prompt(messages, images, max_new_tokens=16)
+
+    def human(text, n_images):
+        # LLaVA-style data writes "<image>\n" first; upstream's UI appended "\n<image>" to the text.
+        if position == "before_text":
+            return {"from": "human", "value": "<image>\n" * n_images + text}
+        return {"from": "human", "value": text + "\n<image>" * n_images}
+
     training = [
         {"from": "system", "value": SYSTEM},
-        {"from": "human", "value": "<image>\n这是什么颜色？"},
+        human("这是什么颜色？", 1),
         {"from": "gpt", "value": "红色。"},
-        {"from": "human", "value": "<image>\n<image>\nCompare these two."},
+        human("Compare these two.", 2),
         {"from": "gpt", "value": "Both red."},
-        {"from": "human", "value": "And now?"},
+        human("And now?", 0),
         {"from": "gpt", "value": "Blue."},
     ]
     trained = render(image_backend.tokenizer, training, image_seq_len=image_backend.image_seq_len)
@@ -111,6 +121,14 @@ def test_prompt_is_the_training_rendering_of_the_history(image_backend):
     answer_ids = trained.input_ids[len(prompt.input_ids) :]
     assert answer_ids == [t for t in trained.labels if t != -100][-len(answer_ids) :]
     assert prompt.dropped_turns == 0 and len(prompt.images) == 3
+    # Training had no BOS; a past answer ends as in training, with <|im_end|> and the eos.
+    ids = special_ids(image_backend.tokenizer)
+    assert image_backend.tokenizer.bos_token_id not in prompt.input_ids
+    assert prompt.input_ids.count(ids.eos) == 2
+    first_block = prompt.input_ids.index(ids.img_start)
+    text_ids = image_backend.tokenizer("这是什么颜色？", add_special_tokens=False)["input_ids"]
+    before = prompt.input_ids[first_block - len(text_ids) : first_block] == text_ids
+    assert before is (position == "after_text")
 
 
 def test_typed_special_tokens_stay_text(text_backend):
@@ -128,7 +146,7 @@ def test_typed_special_tokens_stay_text(text_backend):
 def test_oldest_turns_are_dropped_to_fit_the_context(image_backend, fused):
     exchanges = [(f"question number {i} " * 3, 1 if i in (0, 4) else 0, f"answer {i} " * 3) for i in range(6)]
     session = session_with(image_backend, [*exchanges, ("the newest question", 1, None)])
-    messages, images = session.conversation(SYSTEM)
+    messages, images = session.conversation(SYSTEM, "before_text")
     full = image_backend.build_prompt(messages, images, max_new_tokens=8)
     assert full.dropped_turns == 0
 
@@ -247,7 +265,7 @@ def test_out_of_memory_reaches_the_caller_and_the_next_request_works(text_backen
 def test_images_reach_the_model(image_backend, monkeypatch):
     calls = spy_tokens(monkeypatch, image_backend)
     session = session_with(image_backend, [("What is it?", 2, None)])
-    messages, images = session.conversation(SYSTEM)
+    messages, images = session.conversation(SYSTEM, "before_text")
     answer(image_backend, messages, GREEDY, images=images)
     pixel_values = calls[0]["kwargs"]["pixel_values"]
     assert pixel_values.shape[0] == 2
@@ -272,7 +290,7 @@ def test_out_of_range_settings_are_refused(field, value):
 def test_turns_that_can_never_fit_are_counted(image_backend, fused):
     exchanges = [(f"question number {i} " * 3, 1 if i in (0, 4) else 0, f"answer {i} " * 3) for i in range(6)]
     session = session_with(image_backend, [*exchanges, ("the newest question", 1, None)])
-    messages, images = session.conversation(SYSTEM)
+    messages, images = session.conversation(SYSTEM, "before_text")
     assert image_backend.unreachable_turns(messages, images) == 0
 
     def tokens_from(first_exchange):

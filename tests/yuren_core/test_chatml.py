@@ -9,8 +9,11 @@ from yuren_core.chatml import (
     Message,
     render,
     to_messages,
+    user_content,
+    user_message,
+    with_images_placed,
 )
-from yuren_core.constants import IGNORE_INDEX, IM_END, IM_START, IMG_END, IMG_PATCH, IMG_START, PAD
+from yuren_core.constants import IGNORE_INDEX, IM_END, IM_START, IMAGE_POSITIONS, IMG_END, IMG_PATCH, IMG_START, PAD
 from yuren_core.vocab import special_ids
 
 CONVERSATION = [
@@ -170,6 +173,35 @@ def test_images_become_blocks_of_patch_tokens(tokenizer):
     assert render(tokenizer, structured, image_seq_len=4) == out
     with pytest.raises(ConversationError, match="image_seq_len"):
         render(tokenizer, conv)
+
+
+@pytest.mark.parametrize("position", IMAGE_POSITIONS)
+def test_golden_image_layouts(tokenizer, position):
+    ids = special_ids(tokenizer)
+    block = [ids.img_start, *[ids.img_patch] * 4, ids.img_end]
+    out = render(tokenizer, [user_message("What colour?", 1, position)], image_seq_len=4, add_generation_prompt=True)
+    # Whitespace touching the block goes, as upstream's tokenizer dropped it around special tokens.
+    user = {
+        "before_text": [*enc(tokenizer, "user"), *block, *enc(tokenizer, "What colour?")],
+        "after_text": [*enc(tokenizer, "user\nWhat colour?"), *block],
+    }[position]
+    assert out.input_ids == [ids.im_start, *user, ids.im_end, ids.im_start, *enc(tokenizer, "assistant\n")]
+    assert tokenizer.bos_token_id not in out.input_ids
+    # The same turn as training data writes it: LLaVA's "<image>\n" first, or upstream's UI's text + "\n" + image.
+    written = {"before_text": "<image>\nWhat colour?", "after_text": "What colour?\n<image>"}[position]
+    sharegpt = render(tokenizer, [{"from": "human", "value": written}], image_seq_len=4, add_generation_prompt=True)
+    assert sharegpt == out
+    content = [{"role": "user", "content": user_content("What colour?", 1, position)}]
+    assert render(tokenizer, content, image_seq_len=4, add_generation_prompt=True) == out
+
+
+def test_images_are_moved_to_the_trained_position():
+    messages = to_messages([{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}])
+    moved = with_images_placed(messages, "after_text")
+    assert moved == [Message("user", ("\nWhat colour?", IMAGE)), messages[1]]
+    assert with_images_placed(moved, "before_text")[0] == Message("user", (IMAGE, "\nWhat colour?"))
+    with pytest.raises(ValueError, match="'before_text', 'after_text'.*'left'"):
+        user_message("x", 1, "left")
 
 
 def test_typed_image_placeholder_in_structured_content_stays_text(tokenizer):

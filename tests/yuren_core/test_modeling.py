@@ -117,6 +117,17 @@ def test_image_seq_len_must_match_the_tower(fused_model_dir):
         YuRenConfig.from_dict(config)
 
 
+def test_image_position_is_saved_and_checked(fused_model_dir, tmp_path):
+    config = AutoConfig.from_pretrained(fused_model_dir)
+    assert config.image_position == "before_text"
+    config.image_position = "after_text"
+    config.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).image_position == "after_text"
+    bad = config.to_dict() | {"image_position": "above"}
+    with pytest.raises(ValueError, match="image_position must be one of 'before_text', 'after_text', got 'above'"):
+        YuRenConfig.from_dict(bad)
+
+
 def test_features_come_from_the_penultimate_block_without_cls(model):
     pixels = images(2, seed=1)
     tower = model.vision_tower

@@ -15,7 +15,7 @@ from yuren_core.constants import IGNORE_INDEX
 from yuren_core.vision import ImageProcessor
 from yuren_core.vocab import special_ids
 from yuren_trainer.collator import PackedCollator, PaddingCollator
-from yuren_trainer.data import load_sft_dataset, read_conversations
+from yuren_trainer.data import image_position_of, load_sft_dataset, read_conversations
 from yuren_trainer.images import FolderImageLoader, ImageFileError, ImageInEveryBatch, check_images
 
 SEQ_LEN = 16  # the tiny tower: 32 x 32 pixels in 8 x 8 patches
@@ -279,3 +279,38 @@ def test_stage3_start_flags_are_checked_when_parsed(prepared_base, image_folder,
     err = capsys.readouterr().err
     assert err.startswith("python -m yuren_trainer.multimodal_sft: error: ") and expected in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("values", "expected", "counts"),
+    [
+        (["<image>\nWhat?", "<image>\nAnd?", "Why?\n<image>"], "before_text", (2, 1)),
+        (["Why?\n<image>", "Who? <image>", "<image>\nWhat?"], "after_text", (1, 2)),
+        # A tie, and turns that count for neither (text on both sides, no text), keep the default.
+        (["<image> a", "b <image>", "c <image> d", "<image>", "no image"], "after_text", (1, 1)),
+    ],
+)
+def test_stage3_records_where_its_data_puts_images(tmp_path, values, expected, counts):
+    records = [
+        {
+            **({"image": "x.png"} if "<image>" in v else {}),
+            "conversations": [{"from": "human", "value": v}, {"from": "gpt", "value": "ok"}],
+        }
+        for v in values
+    ]
+    path = write_json(tmp_path / "data.json", records)
+    position, found = image_position_of(read_conversations(path), default="after_text")
+    assert position == expected
+    assert (found["before_text"], found["after_text"]) == counts
+
+
+def test_stage3_writes_the_recorded_position_into_the_config(tmp_path):
+    from yuren_core.modeling import YuRenConfig
+    from yuren_trainer.multimodal_sft import record_image_position
+
+    turn = [{"from": "human", "value": "What colour is it?\n<image>"}, {"from": "gpt", "value": "red"}]
+    path = write_json(tmp_path / "data.json", [{"image": "x.png", "conversations": turn}])
+    config = YuRenConfig()
+    assert config.image_position == "before_text"
+    record_image_position(config, str(path))
+    assert config.image_position == "after_text"

@@ -235,7 +235,7 @@ class ChatController:
         generation, stop_event = session.begin()
         exchange.answer = ""
         yield session.display()
-        messages, images = session.conversation(system_prompt)
+        messages, images = session.conversation(system_prompt, self.backend.image_position)
         unreachable = self.backend.unreachable_turns(messages, images)
         if unreachable:
             # They can never be in a prompt again: keeping them would only make every answer slower.
@@ -244,7 +244,7 @@ class ChatController:
                 count=session.dropped_turns, context_length=self.backend.context_length
             )
             gr.Warning(session.notice)
-            messages, images = session.conversation(system_prompt)
+            messages, images = session.conversation(system_prompt, self.backend.image_position)
             yield session.display()
         pieces = self.backend.stream(messages, images, params, stop_event)
         try:

@@ -90,6 +90,11 @@ class ChatBackend(Protocol):
         """Whether :meth:`prepare_image` accepts images."""
         ...
 
+    @property
+    def image_position(self) -> str:
+        """Where a user turn's images go relative to its text: ``"before_text"`` or ``"after_text"``, as trained."""
+        ...
+
     def prepare_image(self, image: Image.Image) -> Any:
         """Turn a checked, decoded image into what :meth:`stream` takes (raises :class:`ImagesNotSupported`)."""
         ...

@@ -61,6 +61,8 @@ class ModelBackend:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_seq_len = getattr(model.config, "image_seq_len", None)
+        # A text-only model's config has no image_position; it takes no images, so the default never applies.
+        self.image_position = getattr(model.config, "image_position", "before_text")
         self._context_length = context_length or model.config.max_position_embeddings
         ids = special_ids(tokenizer)
         # The assistant's turn ends at <|im_end|>; the eos after it is only there in training data.

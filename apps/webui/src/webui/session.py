@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from yuren_core.chatml import user_content
+
 
 @dataclass
 class Attachment:
@@ -28,23 +30,6 @@ class Exchange:
     text: str
     attachments: list[Attachment] = field(default_factory=list)
     answer: str = ""
-
-
-def user_content(text: str, num_images: int) -> list[dict]:
-    """Role/content parts of a user turn: its images first, each on its own line, then the text.
-
-    This is the layout of LLaVA-style training data (``"<image>\\n" * n + text``),
-    split the way the renderer splits such a string, so a turn with images
-    renders here token-for-token as it did in training.
-    """
-    parts: list[dict] = []
-    for i in range(num_images):
-        parts.append({"type": "image"})
-        newline = "\n" + text if i == num_images - 1 else "\n"
-        parts.append({"type": "text", "text": newline})
-    if not num_images:
-        parts.append({"type": "text", "text": text})
-    return parts
 
 
 @dataclass
@@ -107,15 +92,19 @@ class ChatSession:
     def num_images(self) -> int:
         return sum(len(exchange.attachments) for exchange in self.exchanges)
 
-    def conversation(self, system_prompt: str) -> tuple[list[dict], list[Any]]:
+    def conversation(self, system_prompt: str, image_position: str) -> tuple[list[dict], list[Any]]:
         """Role/content messages ending with the last user turn, and the prepared images in reading order.
 
-        The last exchange's answer is what is being generated, so it is left out.
+        Each turn's images stand at ``image_position`` (the model config's: where
+        its training put them). The last exchange's answer is what is being
+        generated, so it is left out.
         """
         messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
         images: list[Any] = []
         for i, exchange in enumerate(self.exchanges):
-            messages.append({"role": "user", "content": user_content(exchange.text, len(exchange.attachments))})
+            messages.append(
+                {"role": "user", "content": user_content(exchange.text, len(exchange.attachments), image_position)}
+            )
             images += [attachment.prepared for attachment in exchange.attachments]
             if i < len(self.exchanges) - 1:
                 messages.append({"role": "assistant", "content": exchange.answer})

@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, SPIECE_UNDERLINE
+from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_POSITIONS, SPIECE_UNDERLINE
 from .vocab import SpecialIds, special_ids
 
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
@@ -121,6 +121,43 @@ def to_messages(conversation: Iterable[Mapping]) -> list[Message]:
             raise ConversationError(f"turn {i}: images are only supported in user turns, found one in {field!r}")
         messages.append(Message(role, parts))
     return messages
+
+
+def check_image_position(image_position: str) -> str:
+    """Return ``image_position`` if it is one of :data:`~yuren_core.constants.IMAGE_POSITIONS`, else raise."""
+    if image_position not in IMAGE_POSITIONS:
+        raise ValueError(
+            f"image_position must be one of {', '.join(map(repr, IMAGE_POSITIONS))}, got {image_position!r}"
+        )
+    return image_position
+
+
+def user_message(text: str, num_images: int, image_position: str) -> Message:
+    """A user turn of ``text`` and ``num_images`` images, the images where the model's training put them.
+
+    ``image_position`` is the model config's (``"before_text"``: LLaVA-style
+    data, ``"after_text"``: upstream's release). Whitespace between text and
+    images is left out: :func:`render` drops it anyway, as upstream's tokenizer did.
+    """
+    images = (IMAGE,) * num_images
+    if check_image_position(image_position) == "before_text":
+        return Message(USER, (*images, text))
+    return Message(USER, (text, *images))
+
+
+def user_content(text: str, num_images: int, image_position: str) -> list[dict]:
+    """:func:`user_message` as role/content parts (``{"type": "text"}`` / ``{"type": "image"}``)."""
+    return [
+        {"type": "image"} if isinstance(part, Image) else {"type": "text", "text": part}
+        for part in user_message(text, num_images, image_position).parts
+    ]
+
+
+def with_images_placed(messages: Sequence[Message], image_position: str) -> list[Message]:
+    """``messages`` with each user turn's images moved to ``image_position`` (text kept, images counted)."""
+    return [
+        user_message(m.text, m.num_images, image_position) if m.role == USER and m.num_images else m for m in messages
+    ]
 
 
 def _content_parts(content, index: int) -> tuple[str | Image, ...]:

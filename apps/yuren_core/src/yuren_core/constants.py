@@ -20,6 +20,9 @@ SPECIAL_TOKENS = (*CHATML_TOKENS, *IMAGE_TOKENS, PAD)
 
 # The placeholder LLaVA-format data uses for "an image goes here" in a human turn.
 IMAGE_PLACEHOLDER = "<image>"
+# Where a user turn's images stand relative to its text, as the model was trained (YuRenConfig.image_position):
+# LLaVA-style data puts them first; upstream's released model saw them after the text (its web UI's layout).
+IMAGE_POSITIONS = ("before_text", "after_text")
 
 IGNORE_INDEX = -100
 # sentencepiece's stand-in for a space, and the dummy prefix it puts before a piece of text.

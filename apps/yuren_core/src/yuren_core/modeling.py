@@ -24,6 +24,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
 
+from .constants import IMAGE_POSITIONS
 from .vision import build_vision_tower, num_patches, vision_width
 
 
@@ -45,6 +46,10 @@ class YuRenConfig(LlamaConfig):
         Ids of ``<|img_start|>``, ``<|img_patch|>``, ``<|img_end|>``.
     image_seq_len (`int`):
         Patch tokens per image; always the tower's patch count (filled in from ``open_clip_config``).
+    image_position (`str`, defaults to `"before_text"`):
+        Where a user turn's images stood relative to its text in training: ``"before_text"``
+        (LLaVA-style data, YuRen's stage 3 records what its data did) or ``"after_text"``
+        (upstream's released model). Prompts built at inference place images the same way.
     """
 
     model_type = "yuren"
@@ -57,8 +62,14 @@ class YuRenConfig(LlamaConfig):
     img_patch_token_id: int | None = None
     img_end_token_id: int | None = None
     image_seq_len: int | None = None
+    image_position: str = "before_text"
 
     def __post_init__(self, **kwargs):
+        if self.image_position not in IMAGE_POSITIONS:
+            raise ValueError(
+                f"config field image_position must be one of {', '.join(map(repr, IMAGE_POSITIONS))}, "
+                f"got {self.image_position!r}; fix it in the checkpoint's config.json"
+            )
         if self.open_clip_config is not None:
             patches = num_patches(self.open_clip_config)
             if self.image_seq_len is None:

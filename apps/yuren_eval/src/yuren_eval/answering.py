@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from yuren_core.chatml import render
+from yuren_core.chatml import render, to_messages, with_images_placed
 from yuren_core.vision import ImageProcessor
 from yuren_core.vocab import special_ids
 
@@ -71,8 +71,14 @@ def greedy_answers(
     Prompts of equal length are batched together, so no padding is needed.
     ``progress`` names a progress bar (none without it).
     """
+    # The images go where the model's training put them (its config's image_position), whatever the prompt's layout.
     rendered = [
-        render(tokenizer, p.conversation, image_seq_len=model.config.image_seq_len, add_generation_prompt=True)
+        render(
+            tokenizer,
+            with_images_placed(to_messages(p.conversation), model.config.image_position),
+            image_seq_len=model.config.image_seq_len,
+            add_generation_prompt=True,
+        )
         for p in prompts
     ]
     by_length: dict[int, list[int]] = defaultdict(list)

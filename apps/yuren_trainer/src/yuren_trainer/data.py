@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ import datasets
 
 from yuren_core import chatml
 from yuren_core.atomic import atomic_directory
-from yuren_core.chatml import ConversationError, ImageBlockTruncated, Message, render, to_messages
+from yuren_core.chatml import USER, ConversationError, Image, ImageBlockTruncated, Message, render, to_messages
 
 from .packing import pack_rows
 
@@ -215,6 +216,30 @@ def image_paths(where: str, record: Mapping) -> tuple[str, ...]:
     if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
         raise DataError(f"{where}: field {field!r} must be a path (image) or a list of paths (images)")
     return tuple(images)
+
+
+def image_position_of(conversations: Sequence[Conversation], default: str) -> tuple[str, Counter]:
+    """Where most user turns with images put them: ``"before_text"`` or ``"after_text"``; ``default`` on a tie.
+
+    A turn counts as ``before_text`` when only whitespace precedes its first
+    image, as ``after_text`` when only whitespace follows its last one; a turn
+    with text on both sides (or none at all) counts for neither. Returns the
+    position and the counts, so the caller can say how it was decided.
+    """
+    counts: Counter = Counter()
+    for conversation in conversations:
+        for message in conversation.messages:
+            if message.role != USER or not message.num_images:
+                continue
+            image_at = [i for i, part in enumerate(message.parts) if isinstance(part, Image)]
+            text_at = [i for i, part in enumerate(message.parts) if isinstance(part, str) and part.strip()]
+            before = not text_at or text_at[0] > image_at[0]
+            after = not text_at or text_at[-1] < image_at[-1]
+            if before != after:
+                counts["before_text" if before else "after_text"] += 1
+    if counts["before_text"] == counts["after_text"]:
+        return default, counts
+    return max(counts, key=counts.get), counts
 
 
 def tokenize(

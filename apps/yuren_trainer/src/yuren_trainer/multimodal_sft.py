@@ -20,6 +20,7 @@ LoRA adapter with ``merge-lora`` first).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +35,13 @@ from .arguments import (
     UsageError,
     VisionTowerArguments,
 )
+from .data import image_position_of, read_conversations
 from .models import assemble_fused_model, clip_image_seq_len, load_model_to_train, load_yuren_tokenizer, log_trainable
 from .projector import PROJECTOR, PROJECTOR_FILE, load_projector
 from .stage import Stage, StageSetup, run_stage
 from .training_data import load_image_datasets, make_image_collator
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,6 +118,23 @@ def build_model(model_args: MultimodalModelArguments, vision_args: VisionTowerAr
     return model
 
 
+def record_image_position(config, train_file: str) -> None:
+    """Set ``config.image_position`` to where ``train_file``'s user turns put their images (the majority).
+
+    The saved checkpoint carries it, and inference places images the same way.
+    A tie (or no image turn) keeps the starting checkpoint's value.
+    """
+    position, counts = image_position_of(read_conversations(train_file), default=config.image_position)
+    logger.info(
+        "image_position %r: %d image turns have the images before their text, %d after (%s)",
+        position,
+        counts["before_text"],
+        counts["after_text"],
+        "a tie keeps the starting checkpoint's value" if counts["before_text"] == counts["after_text"] else "majority",
+    )
+    config.image_position = position
+
+
 def set_up(
     model_args: MultimodalModelArguments,
     vision_args: VisionTowerArguments,
@@ -130,6 +151,7 @@ def set_up(
         data_args, args, tokenizer, image_seq_len=image_seq_len, text_train_file=data_args.text_train_file
     )
     model = build_model(model_args, vision_args, args, tokenizer)
+    record_image_position(model.config, data_args.train_file)
     collator = make_image_collator(data_args, args, tokenizer, model.config)
     return StageSetup(model, tokenizer, train_dataset, eval_dataset, collator, packing=data_args.packing)
 
