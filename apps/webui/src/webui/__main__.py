@@ -5,6 +5,7 @@ Examples::
     webui                                   # the small demo model, built on first use
     webui dist/yuren-7b-stage3 --load_8bit True
     webui pleisto/yuren-baichuan-7b --server_name 0.0.0.0 --auth alice:secret
+    webui --api_base http://127.0.0.1:8000/v1   # the UI over `vllm serve` (or any OpenAI-compatible server)
 """
 
 from __future__ import annotations
@@ -51,7 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
         "model",
         nargs="?",
         default=None,
-        help="a YuRen checkpoint: local directory or Hugging Face hub id (default: the built-in demo model)",
+        help="a YuRen checkpoint: local directory or Hugging Face hub id (default: the built-in demo model); "
+        "with --api_base, the name of the served model (default: the first the server lists)",
+    )
+    parser.add_argument(
+        "--api_base",
+        default=None,
+        metavar="URL",
+        help="answer through this OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) instead of loading a model",
+    )
+    parser.add_argument(
+        "--api_key_file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="file holding the API key for --api_base (a file, so the key stays out of `ps` and shell history)",
     )
     parser.add_argument(
         "--load_8bit",
@@ -104,6 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("webui").setLevel(logging.INFO)
     if args.load_8bit and args.load_4bit:
         build_parser().error("choose one of --load_8bit True and --load_4bit True, not both")
+    if args.api_key_file and not args.api_base:
+        build_parser().error("--api_key_file needs --api_base")
+    if args.api_base and (args.load_8bit or args.load_4bit):
+        build_parser().error("--load_8bit/--load_4bit load a model here; with --api_base the server holds it")
 
     from .app import Limits, build_app
     from .engine import ModelBackend
@@ -121,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"webui: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    if args.api_base:
+        serve_remote(args)
+        return
     demo = args.model is None
     if demo:
         from .demo import DemoUnavailable, ensure_demo_model
@@ -147,6 +169,39 @@ def main(argv: list[str] | None = None) -> None:
         auth=args.auth,
         allow_unauthenticated_public=args.allow_unauthenticated_public,
         blocked_paths=[local] if local.exists() else [],
+    )
+
+
+def serve_remote(args: argparse.Namespace) -> None:
+    """Serve the UI over the OpenAI-compatible server ``args.api_base``."""
+    import httpx
+
+    from .app import Limits, build_app
+    from .openai_backend import OpenAIBackend, ServerError
+    from .server import serve
+
+    api_key = None
+    if args.api_key_file:
+        try:
+            api_key = args.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            print(f"webui: error: cannot read --api_key_file {args.api_key_file}: {error.strerror}", file=sys.stderr)
+            raise SystemExit(2) from None
+    try:
+        backend = OpenAIBackend(args.api_base, api_key=api_key, model=args.model)
+    except (ServerError, httpx.HTTPError) as error:
+        print(f"webui: error: cannot reach the server at {args.api_base}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    limits = Limits()
+    app = build_app(backend, lang=args.lang, limits=limits, model_name=backend.model)
+    serve(
+        app,
+        limits=limits,
+        server_name=args.server_name,
+        server_port=args.server_port,
+        share=args.share,
+        auth=args.auth,
+        allow_unauthenticated_public=args.allow_unauthenticated_public,
     )
 
 
