@@ -32,12 +32,9 @@ def test_golden_layout(tokenizer):
 
     def user(text):
         return [
-            *enc(tokenizer, "\n"),
             ids.im_start,
-            *enc(tokenizer, "user\n"),
-            *enc(tokenizer, text),
+            *enc(tokenizer, f"user\n{text}"),
             ids.im_end,
-            *enc(tokenizer, "\n"),
             ids.im_start,
             *enc(tokenizer, "assistant\n"),
         ]
@@ -56,11 +53,36 @@ def test_golden_layout(tokenizer):
         ids.eos,
     ]
     assert out.input_ids == expected
-    # The same layout as text; the spaces are sentencepiece's dummy prefix on each text piece.
+    # Upstream's trained layout as text: no newline between turns, no BOS, no dummy prefix (Baichuan has none).
     assert tokenizer.decode(out.input_ids) == (
-        "<|im_start|> system\n你是羽人。<|im_end|> \n<|im_start|> user\n Hi!<|im_end|> \n<|im_start|> assistant\n"
-        " 你好！<|im_end|></s> \n<|im_start|> user\n 2+2?<|im_end|> \n<|im_start|> assistant\n 4<|im_end|></s>"
+        "<|im_start|>system\n你是羽人。<|im_end|><|im_start|>user\nHi!<|im_end|><|im_start|>assistant\n"
+        "你好！<|im_end|></s><|im_start|>user\n2+2?<|im_end|><|im_start|>assistant\n4<|im_end|></s>"
     )
+    assert tokenizer.bos_token_id not in out.input_ids
+
+
+def test_whitespace_touching_a_special_token_is_dropped_as_upstream_did(tokenizer):
+    ids = special_ids(tokenizer)
+    conversation = [
+        {"from": "system", "value": ""},
+        {"from": "human", "value": "  question \n"},
+        {"from": "gpt", "value": "  answer\n\n"},
+    ]
+    out = render(tokenizer, conversation)
+    assert out.input_ids == [
+        ids.im_start,
+        *enc(tokenizer, "system"),
+        ids.im_end,
+        ids.im_start,
+        *enc(tokenizer, "user\n  question"),
+        ids.im_end,
+        ids.im_start,
+        *enc(tokenizer, "assistant\n"),
+        # An answer's leading spaces stay (nothing special precedes it in its piece); trailing ones go.
+        *enc(tokenizer, "  answer"),
+        ids.im_end,
+        ids.eos,
+    ]
 
 
 def test_labels_cover_exactly_assistant_text_im_end_and_eos(tokenizer):

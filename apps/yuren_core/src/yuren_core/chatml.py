@@ -2,16 +2,23 @@
 
 Training, the web UI, the benchmarks and the tools all render through
 :func:`render`, so a prompt at inference time is token-for-token what the model
-saw in training. The layout is upstream YuRen's, so its checkpoints stay usable::
+saw in training. The layout is the one upstream YuRen trained on (its
+``build_datasets`` run through transformers 4.30's slow tokenizer), so its
+checkpoints see what they were trained on; as token pieces::
 
-    <|im_start|>system\\n{system}<|im_end|>
-    \\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n{assistant}<|im_end|></s>
-    \\n<|im_start|>user\\n...
+    <|im_start|> "system\\n{system}" <|im_end|>
+    <|im_start|> "user\\n{user}" <|im_end|> <|im_start|> "assistant\\n" "{assistant}" <|im_end|> </s>
+    <|im_start|> "user\\n..."
+
+Each quoted piece is encoded on its own (with sentencepiece's dummy prefix when
+the tokenizer has one), whitespace touching a special token is dropped, and
+there is no newline between turns and no BOS. An image is a block of special
+tokens inside the user piece, with the same whitespace rule.
 
 Only assistant text, its ``<|im_end|>`` and the eos carry labels. Special tokens
 are inserted as ids, never parsed out of text: a user who types ``<|im_end|>``
 gets the ordinary pieces of that string, which is what makes ChatML resistant to
-prompt injection.
+prompt injection (upstream's tokenizer did parse them; that is not kept).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, SPIECE_UNDERLINE
 from .vocab import SpecialIds, special_ids
 
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
@@ -149,61 +156,64 @@ def render(
     add_generation_prompt: bool = False,
     max_length: int | None = None,
 ) -> Rendered:
-    """Render a conversation to token ids and labels.
+    """Render a conversation to token ids and labels, in the layout upstream YuRen trained on.
 
     ``image_seq_len`` is the number of patch tokens per image (the model config's
     ``image_seq_len``); each image becomes ``<|img_start|>`` + that many
     ``<|img_patch|>`` + ``<|img_end|>``. With ``add_generation_prompt`` the
     conversation must end with a user turn and the ids end with
-    ``<|im_start|>assistant\\n``, ready for the model to answer. ``max_length``
-    truncates ids and labels together; cutting through an image block raises
-    :class:`ImageBlockTruncated` instead, since half an image cannot be spliced.
+    ``<|im_start|>assistant\\n``, ready for the model to answer (no BOS: training
+    never had one). ``max_length`` truncates ids and labels together; cutting
+    through an image block raises :class:`ImageBlockTruncated` instead, since
+    half an image cannot be spliced.
     """
     conversation = list(conversation)
     messages = conversation if all(isinstance(m, Message) for m in conversation) else to_messages(conversation)
     if add_generation_prompt and (not messages or messages[-1].role != USER):
         raise ConversationError("a generation prompt needs the conversation to end with a user turn")
     ids = special_ids(tokenizer)
+    if any(m.num_images for m in messages) and image_seq_len is None:
+        raise ConversationError("the conversation has an image but no image_seq_len was given")
+    block = image_block(ids, image_seq_len) if image_seq_len is not None else []
 
-    # Collect text pieces first and tokenize them in one batch call.
-    segments: list[tuple[str, object, bool]] = []  # (kind, payload, supervised)
+    # Upstream encoded each turn as one string with its special tokens typed in:
+    #   system:    "<|im_start|>system\n{text}<|im_end|>"
+    #   user:      "\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    #   assistant: "{text}<|im_end|>" and then the eos id.
+    # Its slow tokenizer cut such a string at the special tokens, stripped the
+    # whitespace on both sides of each one (so the "\n"s around them vanish) and
+    # encoded every remaining piece on its own, each with its own sentencepiece
+    # dummy prefix. Here each turn is a list of text pieces and ids in that
+    # order; the ids are inserted as ids, so text is never parsed for them.
+    turns: list[tuple[list[str | list[int]], bool]] = []  # (pieces, supervised)
     for message in messages:
         if message.role == SYSTEM:
-            segments += [
-                ("id", ids.im_start, False),
-                ("text", f"system\n{message.text}", False),
-                ("id", ids.im_end, False),
-            ]
+            turns.append(([[ids.im_start], f"system\n{message.text}", [ids.im_end]], False))
         elif message.role == USER:
-            segments += [("text", "\n", False), ("id", ids.im_start, False), ("text", "user\n", False)]
-            for part in message.parts:
-                segments.append(("image", None, False) if isinstance(part, Image) else ("text", part, False))
-            segments += [
-                ("id", ids.im_end, False),
-                ("text", "\n", False),
-                ("id", ids.im_start, False),
-                ("text", "assistant\n", False),
-            ]
+            pieces: list[str | list[int]] = [[ids.im_start], "user\n"]
+            pieces += [block if isinstance(part, Image) else part for part in message.parts]
+            pieces += [[ids.im_end], [ids.im_start], "assistant\n"]
+            turns.append((pieces, False))
         else:
-            segments += [("text", message.text, True), ("id", ids.im_end, True), ("id", ids.eos, True)]
+            turns.append(([message.text, [ids.im_end]], True))
+    turns = [(_stripped_around_specials(pieces), supervised) for pieces, supervised in turns]
 
-    texts = [payload for kind, payload, _ in segments if kind == "text" and payload]
+    texts = [piece for pieces, _ in turns for piece in pieces if isinstance(piece, str)]
+    restore_prefix = _drops_dummy_prefix_before_space(tokenizer)
+    if restore_prefix:
+        texts = [" " + text for text in texts]
     encoded = iter(tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else [])
     input_ids: list[int] = []
     labels: list[int] = []
-    num_images = 0
-    for kind, payload, supervised in segments:
-        if kind == "text":
-            piece = next(encoded) if payload else []
-        elif kind == "id":
-            piece = [payload]
-        else:
-            if image_seq_len is None:
-                raise ConversationError("the conversation has an image but no image_seq_len was given")
-            piece = image_block(ids, image_seq_len)
-            num_images += 1
-        input_ids += piece
-        labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+    for pieces, supervised in turns:
+        for piece in pieces:
+            piece_ids = next(encoded) if isinstance(piece, str) else piece
+            input_ids += piece_ids
+            labels += piece_ids if supervised else [IGNORE_INDEX] * len(piece_ids)
+        if supervised:
+            input_ids.append(ids.eos)
+            labels.append(ids.eos)
+    num_images = sum(m.num_images for m in messages)
 
     if max_length is not None and len(input_ids) > max_length:
         if num_images and max(i for i, t in enumerate(input_ids) if t in (ids.img_start, ids.img_end)) >= max_length:
@@ -212,6 +222,43 @@ def render(
             )
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     return Rendered(input_ids=input_ids, labels=labels, num_images=num_images)
+
+
+def _stripped_around_specials(pieces: list[str | list[int]]) -> list[str | list[int]]:
+    """Join adjacent text, strip whitespace touching an id run (as upstream's tokenizer did), drop empty text."""
+    merged: list[str | list[int]] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    out: list[str | list[int]] = []
+    for i, piece in enumerate(merged):
+        if isinstance(piece, str):
+            if i > 0:
+                piece = piece.lstrip()
+            if i < len(merged) - 1:
+                piece = piece.rstrip()
+            if not piece:
+                continue
+        out.append(piece)
+    return out
+
+
+def _leading_spaces(tokenizer, text: str) -> int:
+    pieces = "".join(tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return len(pieces) - len(pieces.lstrip(SPIECE_UNDERLINE))
+
+
+def _drops_dummy_prefix_before_space(tokenizer) -> bool:
+    """Whether ``tokenizer`` adds sentencepiece's dummy prefix, except to text that starts with a space.
+
+    sentencepiece always adds it (``" a"`` -> ``"▁▁a"``); the ``tokenizers``
+    Metaspace pre-tokenizer skips it when the text already starts with one
+    (``"▁a"``). Upstream's pieces went through sentencepiece, so for such a
+    tokenizer each piece is encoded with the space written out.
+    """
+    return _leading_spaces(tokenizer, "a") == 1 and _leading_spaces(tokenizer, " a") == 1
 
 
 def image_block(ids: SpecialIds, image_seq_len: int) -> list[int]:

@@ -22,6 +22,8 @@ SPECIAL_TOKENS = (*CHATML_TOKENS, *IMAGE_TOKENS, PAD)
 IMAGE_PLACEHOLDER = "<image>"
 
 IGNORE_INDEX = -100
+# sentencepiece's stand-in for a space, and the dummy prefix it puts before a piece of text.
+SPIECE_UNDERLINE = "\u2581"
 VOCAB_MULTIPLE = 128
 MAX_POSITION_EMBEDDINGS = 4096
 

@@ -10,10 +10,13 @@ noise that would dominate the first steps of training.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken
 from transformers import AutoTokenizer
+from transformers.utils import cached_file
 
 from .constants import (
     IM_END,
@@ -45,9 +48,20 @@ def load_tokenizer(path: str):
     """Load a tokenizer from a directory or hub id.
 
     Use this (``from_pretrained``) rather than ``LlamaTokenizer(vocab_file=...)``,
-    which in transformers 5 silently ignores the sentencepiece file.
+    which in transformers 5 silently ignores the sentencepiece file. A
+    checkpoint that ships only the sentencepiece ``tokenizer.model`` gets the
+    model's own dummy-prefix setting: transformers 5 would otherwise add the
+    prefix even where the model (Baichuan-7B's) has none, and every text piece
+    would start with a token the model never saw there.
     """
-    return AutoTokenizer.from_pretrained(path)
+    kwargs = {}
+    if cached_file(path, "tokenizer.json", _raise_exceptions_for_missing_entries=False) is None:
+        model_file = cached_file(path, "tokenizer.model", _raise_exceptions_for_missing_entries=False)
+        if model_file is not None:
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(Path(model_file).read_bytes())
+            kwargs["add_prefix_space"] = proto.normalizer_spec.add_dummy_prefix
+    return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
 def special_ids(tokenizer) -> SpecialIds:

@@ -3,8 +3,8 @@
 Real weights cannot be downloaded here, so tests, benchmarks and the demo use
 this stand-in through the same loading code the 7B base goes through:
 ``config.json`` + ``model.safetensors`` + a sentencepiece ``tokenizer.model``
-(BPE with byte fallback, like LLaMA's and Baichuan's, so any Chinese or English
-text round-trips).
+(BPE with byte fallback and Baichuan-7B's normalizer settings, so any Chinese or
+English text round-trips and splits like Baichuan's).
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def train_tokenizer(lines: Iterable[str], vocab_size: int = 2000) -> bytes:
-    """Train a LLaMA-style sentencepiece BPE model on ``lines``; return the serialized model."""
+    """Train a sentencepiece BPE model on ``lines`` with Baichuan-7B's settings; return the serialized model.
+
+    Baichuan-7B's ``tokenizer.model`` is BPE with byte fallback and split digits,
+    normalizes nothing (rule ``identity``, extra whitespace kept) and adds no
+    dummy prefix; the stand-in does the same, so text splits into pieces the way
+    the real base splits it (the ChatML layout depends on the dummy prefix).
+    """
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
@@ -35,7 +41,7 @@ def train_tokenizer(lines: Iterable[str], vocab_size: int = 2000) -> bytes:
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
         allow_whitespace_only_pieces=True,
-        add_dummy_prefix=True,
+        add_dummy_prefix=False,
         unk_id=0,
         bos_id=1,
         eos_id=2,
@@ -80,6 +86,8 @@ def build_tiny_base(
         "add_bos_token": True,
         "add_eos_token": False,
         "legacy": False,
+        # transformers 5 builds the tokenizer with a dummy prefix unless told otherwise; follow the model.
+        "add_prefix_space": False,
         "model_max_length": 4096,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
