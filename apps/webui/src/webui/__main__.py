@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the API key for --api_base (a file, so the key stays out of `ps` and shell history)",
     )
     parser.add_argument(
+        "--image_position",
+        choices=("before_text", "after_text"),
+        default="before_text",
+        help="with --api_base: where the served model saw images in training (its config's image_position)",
+    )
+    parser.add_argument(
         "--load_8bit",
         type=str2bool,
         default=False,
@@ -188,7 +194,7 @@ def serve_remote(args: argparse.Namespace) -> None:
             print(f"webui: error: cannot read --api_key_file {args.api_key_file}: {error.strerror}", file=sys.stderr)
             raise SystemExit(2) from None
     try:
-        backend = OpenAIBackend(args.api_base, api_key=api_key, model=args.model)
+        backend = OpenAIBackend(args.api_base, api_key=api_key, model=args.model, image_position=args.image_position)
     except (ServerError, httpx.HTTPError) as error:
         print(f"webui: error: cannot reach the server at {args.api_base}: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -64,8 +64,11 @@ def openai_messages(messages: Sequence[Mapping], images: Sequence[str]) -> list[
 class OpenAIBackend:
     """A :class:`~webui.backend.ChatBackend` over an OpenAI-compatible server at ``api_base`` (ending in ``/v1``).
 
-    ``model`` defaults to the first model the server lists. Requests run
-    concurrently (the server batches them); each is one streamed HTTP request.
+    ``model`` defaults to the first model the server lists. ``image_position``
+    is the served checkpoint's (its config's ``image_position``): the UI places
+    images by it, and the server's chat template keeps them where they are sent.
+    Requests run concurrently (the server batches them); each is one streamed
+    HTTP request.
     """
 
     def __init__(
@@ -75,8 +78,10 @@ class OpenAIBackend:
         api_key: str | None = None,
         model: str | None = None,
         context_length: int | None = None,
+        image_position: str = "before_text",
         timeout: float = 600.0,
     ):
+        self.image_position = image_position
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=api_base.rstrip("/") + "/", headers=headers, timeout=timeout)
         listed = None if model and context_length else self._first_model()
