@@ -34,8 +34,8 @@ def vllm_model_dir(tmp_path_factory) -> Path:
     """A saved tiny YuRen checkpoint with head_dim 32 (vLLM's CPU attention takes no smaller)."""
     import torch
 
-    from make_tiny_model.__main__ import main as make_tiny
-    from prepare_base_model.__main__ import prepare
+    from make_tiny_model.tiny_model import main as make_tiny
+    from prepare_base_model.prepare import prepare
     from yuren_core.loading import build_fused_model
 
     root = tmp_path_factory.mktemp("vllm_model")

@@ -14,7 +14,8 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from webui.app import Defaults, build_app
+from webui.app import build_app
+from webui.backend import GenerationParams
 from webui.openai_backend import OpenAIBackend
 from webui.server import serve
 from yuren_core.chatml import render
@@ -195,7 +196,7 @@ def test_web_ui_over_vllm_answers_through_gradio_client(vllm_server, expected_an
     image, answer = expected_answer
     backend = OpenAIBackend(vllm_server)
     assert backend.model == "tiny-yuren" and backend.context_length == 512
-    defaults = Defaults(temperature=0, repetition_penalty=1.0, max_new_tokens=MAX_NEW_TOKENS)
+    defaults = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=MAX_NEW_TOKENS)
     app = build_app(backend, lang="en", defaults=defaults)
     _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:

@@ -18,7 +18,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from webui.app import Defaults, Limits, build_app
+from webui.app import Limits, build_app
 from webui.backend import GenerationParams
 from webui.openai_backend import OpenAIBackend, ServerError, openai_messages
 from webui.server import serve
@@ -190,7 +190,7 @@ def free_port() -> int:
 def test_ui_over_the_server_answers_through_gradio_client(fake_openai, tmp_path):
     server = fake_openai(words=3)
     backend = OpenAIBackend(server.url)
-    app = build_app(backend, lang="en", limits=Limits(), defaults=Defaults(temperature=0, max_new_tokens=16))
+    app = build_app(backend, lang="en", limits=Limits(), defaults=GenerationParams(temperature=0, max_new_tokens=16))
     _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         picture = tmp_path / "blue.png"
