@@ -6,6 +6,7 @@ Examples::
     webui dist/yuren-7b-stage3 --load_8bit True
     webui dist/yuren-7b-stage3-8bit         # written once by `quantize MODEL --bits 8 --output DIR`
     webui pleisto/yuren-baichuan-7b --server_name 0.0.0.0 --auth-file ~/.config/yuren/webui-auth
+    webui --api_base http://127.0.0.1:8000/v1   # the UI over `vllm serve` (or any OpenAI-compatible server)
 
 Credentials: ``--auth-file FILE`` (one line ``USER:PASS``, readable only by you)
 or the ``YUREN_WEBUI_AUTH=USER:PASS`` environment variable. ``--auth USER:PASS``
@@ -75,7 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
         "model",
         nargs="?",
         default=None,
-        help="a YuRen checkpoint: local directory or Hugging Face hub id (default: the built-in demo model)",
+        help="a YuRen checkpoint: local directory or Hugging Face hub id (default: the built-in demo model); "
+        "with --api_base, the name of the served model (default: the first the server lists)",
+    )
+    parser.add_argument(
+        "--api_base",
+        default=None,
+        metavar="URL",
+        help="answer through this OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) instead of loading a model",
+    )
+    parser.add_argument(
+        "--api_key_file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="file holding the API key for --api_base (a file, so the key stays out of `ps` and shell history)",
+    )
+    parser.add_argument(
+        "--image_position",
+        choices=("before_text", "after_text"),
+        default="before_text",
+        help="with --api_base: where the served model saw images in training (its config's image_position)",
     )
     parser.add_argument(
         "--load_8bit",
@@ -148,6 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("webui").setLevel(logging.INFO)
     if args.load_8bit and args.load_4bit:
         build_parser().error("choose one of --load_8bit True and --load_4bit True, not both")
+    if args.api_key_file and not args.api_base:
+        build_parser().error("--api_key_file needs --api_base")
+    if args.api_base and (args.load_8bit or args.load_4bit):
+        build_parser().error("--load_8bit/--load_4bit load a model here; with --api_base the server holds it")
     try:
         auth = resolve_credentials(argv_auth=args.auth, auth_file=args.auth_file)
         # Before torch, Gradio and the model are loaded: refusing to start should be immediate.
@@ -169,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     from .engine import ModelBackend
     from .server import serve
 
+    if args.api_base:
+        serve_remote(args, auth)
+        return
     demo = args.model is None
     if demo:
         from .demo import DemoUnavailable, ensure_demo_model
@@ -208,6 +236,40 @@ def main(argv: list[str] | None = None) -> None:
         auth=auth,
         allow_unauthenticated_public=args.allow_unauthenticated_public,
         blocked_paths=[local] if local.exists() else [],
+        lang=args.lang,
+    )
+
+
+def serve_remote(args: argparse.Namespace, auth: tuple[str, str] | None) -> None:
+    """Serve the UI over the OpenAI-compatible server ``args.api_base``, behind ``auth`` if given."""
+    import httpx
+
+    from .app import Limits, build_app
+    from .openai_backend import OpenAIBackend, ServerError
+    from .server import serve
+
+    api_key = None
+    if args.api_key_file:
+        try:
+            api_key = args.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            print(f"webui: error: cannot read --api_key_file {args.api_key_file}: {error.strerror}", file=sys.stderr)
+            raise SystemExit(2) from None
+    try:
+        backend = OpenAIBackend(args.api_base, api_key=api_key, model=args.model, image_position=args.image_position)
+    except (ServerError, httpx.HTTPError) as error:
+        print(f"webui: error: cannot reach the server at {args.api_base}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    limits = Limits()
+    app = build_app(backend, lang=args.lang, limits=limits, model_name=backend.model)
+    serve(
+        app,
+        limits=limits,
+        server_name=args.server_name,
+        server_port=args.server_port,
+        share=args.share,
+        auth=auth,
+        allow_unauthenticated_public=args.allow_unauthenticated_public,
         lang=args.lang,
     )
 

@@ -301,3 +301,80 @@ def _drops_dummy_prefix_before_space(tokenizer) -> bool:
 def image_block(ids: SpecialIds, image_seq_len: int) -> list[int]:
     """The token ids standing for one image: start, ``image_seq_len`` patches, end."""
     return [ids.img_start, *[ids.img_patch] * image_seq_len, ids.img_end]
+
+
+def chat_template(tokenizer, image_seq_len: int | None = None) -> str:
+    """A Jinja chat template that renders what :func:`render` renders with ``add_generation_prompt=True``.
+
+    Saved with the tokenizer (``tokenizer.chat_template``), it lets vLLM's
+    OpenAI server, ``apply_chat_template`` and evaluation harnesses format
+    prompts the trained way: the same pieces, the same whitespace stripped
+    around special tokens, each image (a ``{"type": "image"}`` content part)
+    as ``<|img_start|>`` + ``image_seq_len`` x ``<|img_patch|>`` + ``<|img_end|>``.
+    Without ``image_seq_len`` (a text-only model) an image is an error. A user
+    turn always ends in the generation prompt, as :func:`render` writes it.
+
+    Unlike :func:`render`, a tokenizer applying the template parses special
+    tokens typed into message text; our own code keeps rendering through
+    :func:`render`. Each piece is written after a space when the tokenizer
+    gives a lone piece sentencepiece's dummy prefix, which inside a longer
+    string it would not.
+    """
+    ids = special_ids(tokenizer)
+    tokens = tokenizer.convert_ids_to_tokens
+    prefix = " " if _leading_spaces(tokenizer, "a") == 1 else ""
+
+    def literal(text: str) -> str:
+        # Every literal goes through an expression: text between tags would be at the mercy of whitespace control.
+        return "{{ " + repr(text) + " }}"
+
+    def piece(expression: str) -> str:
+        # render drops a piece that is empty once stripped, and encodes the rest on its own.
+        return f"{{% if {expression} %}}{{{{ {prefix!r} ~ {expression} }}}}{{% endif %}}"
+
+    im_start, im_end, eos = (literal(t) for t in tokens([ids.im_start, ids.im_end, ids.eos]))
+    if image_seq_len is None:
+        image = "{{ raise_exception('this model reads text only, but a message has an image') }}"
+    else:
+        image = literal("".join(tokens(image_block(ids, image_seq_len))))
+    roles = ", ".join(f"{alias!r}: {role!r}" for alias, role in _ROLE_ALIASES.items())
+    text_parts = (
+        "{% if message['content'] is not string %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'text' %}{% set ns.text = ns.text ~ part['text'] %}"
+    )
+    return "".join(
+        [
+            f"{{% set roles = {{{roles}}} %}}",
+            "{% for message in messages %}",
+            "{% set role = roles.get(message['role']) %}",
+            "{% if role is none %}{{ raise_exception('unknown role ' ~ message['role']) }}{% endif %}",
+            "{% set ns = namespace(text='') %}",
+            "{% if message['content'] is string %}{% set ns.text = message['content'] %}{% endif %}",
+            "{% if role == 'user' %}",
+            im_start,
+            "{% set ns.text = 'user\\n' ~ ns.text %}",
+            text_parts,
+            "{% elif part['type'] in ['image', 'image_url'] %}",
+            piece("(ns.text | trim)"),
+            image,
+            "{% set ns.text = '' %}",
+            "{% endif %}{% endfor %}{% endif %}",
+            piece("(ns.text | trim)"),
+            im_end,
+            im_start,
+            literal(prefix + "assistant\n"),
+            "{% else %}",
+            text_parts,
+            "{% else %}{{ raise_exception('images are only supported in user turns') }}",
+            "{% endif %}{% endfor %}{% endif %}",
+            "{% if role == 'system' %}",
+            im_start,
+            piece("('system\\n' ~ ns.text) | trim"),
+            im_end,
+            "{% else %}",
+            piece("ns.text.rstrip()"),
+            im_end,
+            eos,
+            "{% endif %}{% endif %}{% endfor %}",
+        ]
+    )

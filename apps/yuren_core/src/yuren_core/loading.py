@@ -21,6 +21,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, BitsAndBytesConfig, GenerationConfig
 from transformers.utils import GENERATION_CONFIG_NAME
 
+from .chatml import chat_template
 from .modeling import YuRenConfig, YuRenForCausalLM
 from .quantized import saved_quantization
 from .vision import ImageProcessor, load_open_clip_vision
@@ -51,7 +52,8 @@ def build_fused_model(
     ``clip_id`` is an open_clip identifier (``hf-hub:org/repo`` or
     ``local-dir:/path``); its vision tower weights are copied in and the text
     tower is dropped. The projector starts random. ``dtype`` defaults to the
-    base's stored dtype. Returns ``(model, tokenizer, image_processor)`` on CPU.
+    base's stored dtype. The tokenizer gets the chat template for images of
+    this tower (:func:`yuren_core.chatml.chat_template`). Returns ``(model, tokenizer, image_processor)`` on CPU.
     """
     base_path = str(base_path)
     base_config = AutoConfig.from_pretrained(base_path)
@@ -89,6 +91,8 @@ def build_fused_model(
             f"unexpected {sorted(info['unexpected_keys'])[:5]}"
         )
     model.vision_tower.load_state_dict(tower.module.state_dict())
+    # Saved with the tokenizer from here on: now the template can write image blocks of the right length.
+    tokenizer.chat_template = chat_template(tokenizer, config.image_seq_len)
     return model, tokenizer, ImageProcessor.from_config(config)
 
 

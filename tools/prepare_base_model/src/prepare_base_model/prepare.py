@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from yuren_core.atomic import atomic_directory
+from yuren_core.chatml import chat_template
 from yuren_core.constants import DEFAULT_BASE_MODEL
 from yuren_core.vocab import extend_vocabulary, load_tokenizer
 
@@ -49,6 +50,8 @@ def prepare(base: str, output: Path, *, overwrite: bool = False) -> Path:
     tokenizer, model = _load_base(base)
     print(f"[2/{steps}] extending the vocabulary ({len(tokenizer)} tokens)", flush=True)
     added = extend_vocabulary(model, tokenizer)
+    # Text only for now; build_fused_model replaces it with one that also writes image blocks.
+    tokenizer.chat_template = chat_template(tokenizer)
     rows = model.get_input_embeddings().weight.shape[0]
     print(f"          added {added} special tokens; embeddings now {rows} rows", flush=True)
 

@@ -1,0 +1,20 @@
+"""YuRen as a vLLM model plugin.
+
+vLLM calls :func:`register` in every process it starts (the
+``vllm.general_plugins`` entry point), so ``vllm serve DIR`` and ``vllm.LLM``
+load a YuRen checkpoint (``architectures: ["YuRenForCausalLM"]``) with no
+flags: the language model runs on vLLM's own LLaMA (tensor and pipeline
+parallel work as for any LLaMA), the open_clip tower and the projector run as
+the multimodal encoder.
+"""
+
+
+def register() -> None:
+    """Make ``model_type: yuren`` loadable by transformers and ``YuRenForCausalLM`` by vLLM."""
+    from vllm import ModelRegistry
+
+    # Importing the modeling module registers YuRenConfig with AutoConfig, which vLLM reads the config through.
+    import yuren_core.modeling  # noqa: F401
+
+    # A string keeps vLLM's import of the model lazy, as its own registry does.
+    ModelRegistry.register_model("YuRenForCausalLM", "yuren_vllm.model:YuRenForCausalLM")
