@@ -74,3 +74,19 @@ def tiny_pipeline(tmp_path_factory):
 
     recipe = TinyRecipe()
     return recipe, train_tiny_yuren(tmp_path_factory.mktemp("pipeline"), recipe)
+
+
+@pytest.fixture(scope="session")
+def release_clip_dir(tmp_path_factory) -> Path:
+    """A tiny transformers ``CLIPModel`` directory: what an upstream checkpoint's ``mm_vision_tower`` names."""
+    from upstream_release import build_clip
+
+    return build_clip(tmp_path_factory.mktemp("release-clip"))
+
+
+@pytest.fixture(scope="session")
+def release_dir(tiny_dir, release_clip_dir, tmp_path_factory) -> Path:
+    """A tiny checkpoint in upstream's released layout (``multimodal_llama``, ``pytorch_model.bin``, slow tokenizer)."""
+    from upstream_release import build_release
+
+    return build_release(tiny_dir / "base", release_clip_dir, tmp_path_factory.mktemp("release") / "model")

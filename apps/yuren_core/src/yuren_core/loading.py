@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, BitsAndBytesConfig, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, GenerationConfig
 from transformers.utils import GENERATION_CONFIG_NAME
 
 from .chatml import chat_template
 from .modeling import YuRenConfig, YuRenForCausalLM
 from .quantized import saved_quantization
+from .upstream import is_upstream_checkpoint, load_upstream
 from .vision import ImageProcessor, load_open_clip_vision
 from .vocab import load_tokenizer, special_ids
 
@@ -192,10 +193,13 @@ def load_model(
     load_8bit: bool = False,
     load_4bit: bool = False,
     device_map: str | dict | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ):
     """Load a saved YuRen checkpoint; return ``(model, tokenizer, image_processor)``, the model in eval mode.
 
+    ``path`` is a directory or hub id holding a YuRen checkpoint, or one in
+    upstream's released format (``model_type: "multimodal_llama"``, read by
+    :func:`yuren_core.upstream.load_upstream`).
     ``dtype`` defaults to :func:`default_dtype`, or fp16 with ``load_8bit``
     (bitsandbytes' int8 matmul computes in fp16 and warns on every call given
     anything else). With ``load_8bit`` or ``load_4bit`` the language model's
@@ -208,6 +212,14 @@ def load_model(
     as if ``load_8bit`` or ``load_4bit`` were given; asking for the other is an error.
     """
     path = str(path)
+    if is_upstream_checkpoint(path):
+        if dtype is None:
+            dtype = torch.float16 if load_8bit else default_dtype()
+        tokenizer = load_tokenizer(path)
+        quantization = quantization_config(load_8bit=load_8bit, load_4bit=load_4bit, dtype=dtype)
+        model = load_upstream(path, tokenizer, dtype=dtype, device_map=device_map, quantization_config=quantization)
+        model.eval()
+        return model, tokenizer, ImageProcessor.from_config(model.config)
     config = AutoConfig.from_pretrained(path)
     if not isinstance(config, YuRenConfig):
         raise ValueError(
@@ -235,3 +247,14 @@ def load_model(
         model.generation_config = GenerationConfig.from_pretrained(path)
     model.eval()
     return model, load_tokenizer(path), ImageProcessor.from_config(model.config)
+
+
+def load_causal_lm(path: str | PathLike, tokenizer, **from_pretrained_kwargs):
+    """``AutoModelForCausalLM.from_pretrained(path, ...)`` that also reads upstream's released format.
+
+    ``tokenizer`` is the checkpoint's (an upstream checkpoint takes its image
+    token ids from it). The trainers load their starting model through this.
+    """
+    if is_upstream_checkpoint(path):
+        return load_upstream(path, tokenizer, **from_pretrained_kwargs)
+    return AutoModelForCausalLM.from_pretrained(str(path), **from_pretrained_kwargs)

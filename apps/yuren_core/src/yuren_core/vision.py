@@ -30,6 +30,7 @@ from open_clip.model import _build_vision_tower
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import VisionTransformer
 from PIL import Image, ImageOps
+from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize, ToTensor
 
 # 8000 x 8000: far above any photo the tower could use (it sees 224 x 224), far below
 # what a decompression bomb expands to. Pillow's own guard only warns below 2x its limit.
@@ -233,6 +234,38 @@ def crop_to_kept_region(image: Image.Image, size: tuple[int, int], *, max_stretc
     return image.crop((left, top, left + keep_w, top + keep_h))
 
 
+# Key of an image_preprocess_config that asks for transformers' CLIPImageProcessor centre crop, whose offset is
+# floor((size - crop) / 2) where open_clip's (torchvision's) rounds: a one-pixel shift on many photos.
+CROP_OFFSET = "crop_offset"
+
+
+class FloorCenterCrop:
+    """Centre crop to ``(height, width)`` with the offset rounded down, as ``CLIPImageProcessor`` crops."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.height, self.width = size
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        left = (image.width - self.width) // 2
+        top = (image.height - self.height) // 2
+        return image.crop((left, top, left + self.width, top + self.height))
+
+
+def floor_crop_transform(config: PreprocessCfg) -> Compose:
+    """The eval transform of a checkpoint trained on ``CLIPImageProcessor`` output (shortest-edge resize only)."""
+    if config.resize_mode != "shortest":
+        raise ValueError(f"{CROP_OFFSET} 'floor' needs resize_mode 'shortest', not {config.resize_mode!r}")
+    height, width = _pair(config.size)
+    return Compose(
+        [
+            Resize(min(height, width), interpolation=InterpolationMode(config.interpolation)),
+            FloorCenterCrop((height, width)),
+            ToTensor(),
+            Normalize(config.mean, config.std),
+        ]
+    )
+
+
 class ImageProcessor:
     """Turn images into the ``pixel_values`` a YuRen model's vision tower takes.
 
@@ -252,10 +285,16 @@ class ImageProcessor:
         pad_to_square: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
-        self.config = PreprocessCfg(**dict(preprocess_config))
+        settings = dict(preprocess_config)
+        crop_offset = settings.pop(CROP_OFFSET, "round")
+        self.config = PreprocessCfg(**settings)
         self.pad_to_square = pad_to_square
         self.max_pixels = max_pixels
-        self.transform = image_transform_v2(self.config, is_train=False)
+        self.transform = (
+            floor_crop_transform(self.config)
+            if crop_offset == "floor"
+            else image_transform_v2(self.config, is_train=False)
+        )
         self.fill = tuple(round(channel * 255) for channel in self.config.mean)
 
     @classmethod

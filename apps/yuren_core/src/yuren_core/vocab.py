@@ -65,9 +65,13 @@ def load_tokenizer(path: str):
 
 
 def special_ids(tokenizer) -> SpecialIds:
-    """Look up YuRen's special token ids, failing clearly on a tokenizer that lacks them."""
+    """Look up YuRen's special token ids, failing clearly on a tokenizer that lacks them.
+
+    The pad id is ``<|pad|>``'s; a tokenizer without it (upstream's release has
+    none) gets :func:`fallback_pad_id`.
+    """
     vocab = tokenizer.get_vocab()
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab and t != PAD]
     if missing:
         raise ValueError(
             f"the tokenizer lacks YuRen's special tokens {missing}; "
@@ -75,14 +79,33 @@ def special_ids(tokenizer) -> SpecialIds:
         )
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos token; YuRen ends every assistant turn with it")
+    inserted = {vocab[t] for t in SPECIAL_TOKENS if t != PAD}
     return SpecialIds(
         im_start=vocab[IM_START],
         im_end=vocab[IM_END],
         img_start=vocab[IMG_START],
         img_patch=vocab[IMG_PATCH],
         img_end=vocab[IMG_END],
-        pad=vocab[PAD],
+        pad=vocab[PAD] if PAD in vocab else fallback_pad_id(tokenizer, inserted),
         eos=tokenizer.eos_token_id,
+    )
+
+
+def fallback_pad_id(tokenizer, inserted: set[int]) -> int:
+    """A pad id for a tokenizer without ``<|pad|>``: its own pad token, else its unknown token.
+
+    Never one of ``inserted`` (the ChatML and image ids the renderer and model
+    insert by id): padding with ``<|im_start|>``, as upstream's training did,
+    makes padding indistinguishable from turns. The unknown token is safe: byte
+    fallback means text never encodes to it.
+    """
+    for name in ("pad_token_id", "unk_token_id"):
+        candidate = getattr(tokenizer, name, None)
+        if candidate is not None and candidate not in inserted:
+            return candidate
+    raise ValueError(
+        f"the tokenizer has no {PAD} and neither a pad nor an unknown token that could stand in for it; "
+        "run `prepare-base-model` on the base model (it adds the pad token)"
     )
 
 

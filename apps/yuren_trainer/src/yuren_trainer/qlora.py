@@ -29,6 +29,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
 
+from yuren_core.constants import PAD
 from yuren_core.loading import UNQUANTIZED_MODULES, quantization_config
 from yuren_core.vocab import special_ids
 
@@ -108,7 +109,11 @@ def base_quantization_config(settings: QLoRASettings, compute_dtype: torch.dtype
 def new_token_ids(tokenizer) -> list[int]:
     """Ids of the tokens YuRen added to the base vocabulary (ChatML, image and pad tokens; eos is the base's)."""
     ids = special_ids(tokenizer)
-    return sorted(getattr(ids, f.name) for f in fields(ids) if f.name != "eos")
+    added = [getattr(ids, f.name) for f in fields(ids) if f.name not in ("eos", "pad")]
+    # Upstream's release has no <|pad|>: a base token stands in for it, and is not new.
+    if PAD in tokenizer.get_vocab():
+        added.append(ids.pad)
+    return sorted(added)
 
 
 def _module_name(model, module) -> str:
