@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from upstream_release import PATCHES, reference_logits
 
 from convert_checkpoint.__main__ import main
@@ -44,7 +45,9 @@ def converted(release_dir, release_clip_dir, tmp_path_factory):
 def test_converted_checkpoint_is_self_contained_and_gives_upstreams_logits(converted):
     out, _, input_ids, reference = converted
     assert json.loads((out / "config.json").read_text())["model_type"] == "yuren"
-    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    assert not list(out.glob("*.bin"))
+    keys = set(load_file(out / "model.safetensors"))
+    assert {"mm_projector.weight", "vision_tower.conv1.weight"} <= keys and "model.mm_projector.weight" not in keys
     model, _, processor = load_model(out)
     with torch.no_grad():
         logits = model(input_ids=input_ids, pixel_values=PIXELS).logits

@@ -16,6 +16,7 @@ from os import PathLike
 from typing import Any
 
 from transformers import PretrainedConfig
+from transformers.conversion_mapping import get_model_conversion_mapping
 
 from .modeling import YuRenConfig, YuRenForCausalLM
 from .transformers_clip import load_transformers_clip_vision
@@ -113,6 +114,9 @@ def load_upstream(path: str | PathLike, tokenizer, **from_pretrained_kwargs) -> 
             f"{sorted(unexpected)[:5]}, mismatched {sorted(info['mismatched_keys'])[:5]}"
         )
     model.vision_tower.load_state_dict(tower.module.state_dict())
+    # transformers saves a model under the names it was loaded from; this one is a YuRen model now, and saves
+    # (convert-checkpoint, the trainers) as one: what loading a YuRen checkpoint would have attached.
+    model._weight_conversions = get_model_conversion_mapping(model, hf_quantizer=getattr(model, "hf_quantizer", None))
     ids = special_ids(tokenizer)
     model.generation_config.eos_token_id = [ids.im_end, ids.eos]
     model.generation_config.pad_token_id = ids.pad

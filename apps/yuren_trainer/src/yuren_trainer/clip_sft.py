@@ -20,8 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from yuren_core.upstream import is_upstream_checkpoint
+
 from .arguments import ImageDataArguments, SFTTrainingArguments, VisionTowerArguments
-from .models import assemble_fused_model, clip_image_seq_len, load_yuren_tokenizer, train_only
+from .models import (
+    assemble_fused_model,
+    clip_image_seq_len,
+    load_release,
+    load_yuren_tokenizer,
+    release_image_seq_len,
+    train_only,
+)
 from .projector import PROJECTOR, save_projector
 from .stage import Stage, StageSetup, logger, run_stage
 from .training_data import load_image_datasets, make_image_collator
@@ -32,7 +41,10 @@ class AlignmentModelArguments:
     """The language model the projector is aligned to."""
 
     model_name_or_path: str = field(
-        metadata={"help": "The stage-1 model (output of yuren_trainer.text_sft, LoRA merged): a directory or hub id."}
+        metadata={
+            "help": "The stage-1 model (output of yuren_trainer.text_sft, LoRA merged), or upstream's released model "
+            "(its own tower and projector): a directory or hub id."
+        }
     )
 
 
@@ -44,9 +56,17 @@ def set_up(
 ) -> StageSetup:
     """Tokenizer, caption datasets, and the fused model with only its projector trainable."""
     tokenizer = load_yuren_tokenizer(model_args.model_name_or_path)
-    image_seq_len = clip_image_seq_len(vision_args.clip_model)
+    release = is_upstream_checkpoint(model_args.model_name_or_path)
+    if release:
+        logger.info("starting from upstream's released model: its mm_vision_tower is the tower, --clip_model unused")
+        image_seq_len = release_image_seq_len(model_args.model_name_or_path, tokenizer)
+    else:
+        image_seq_len = clip_image_seq_len(vision_args.clip_model)
     train_dataset, eval_dataset = load_image_datasets(data_args, args, tokenizer, image_seq_len=image_seq_len)
-    model = assemble_fused_model(model_args.model_name_or_path, vision_args, args)
+    if release:
+        model = load_release(model_args.model_name_or_path, args, tokenizer)
+    else:
+        model = assemble_fused_model(model_args.model_name_or_path, vision_args, args)
     train_only(model, (f"{PROJECTOR}.",))
     collator = make_image_collator(data_args, args, tokenizer, model.config)
     return StageSetup(model, tokenizer, train_dataset, eval_dataset, collator, packing=data_args.packing)

@@ -2,7 +2,8 @@
 
 :func:`load_model_to_train` reads a saved model (stage 1's base, stage 3's
 YuRen checkpoint) whole or QLoRA-wrapped; :func:`assemble_fused_model` joins a
-LLaMA model and an open_clip tower (stage 2, stage 3 with ``--projector_path``).
+LLaMA model and an open_clip tower (stage 2, stage 3 with ``--projector_path``);
+:func:`load_release` reads upstream's released model (stages 2 and 3 may start from it).
 Serving loads models with :func:`yuren_core.loading.load_model` instead.
 """
 
@@ -13,14 +14,14 @@ from contextlib import contextmanager
 
 import open_clip
 import torch
-from transformers import AutoModelForCausalLM
 from transformers.integrations.deepspeed import (
     is_deepspeed_zero3_enabled,
     set_hf_deepspeed_config,
     unset_hf_deepspeed_config,
 )
 
-from yuren_core.loading import build_fused_model
+from yuren_core.loading import build_fused_model, load_causal_lm
+from yuren_core.upstream import upstream_config
 from yuren_core.vision import num_patches
 from yuren_core.vocab import load_tokenizer, special_ids
 
@@ -45,7 +46,7 @@ def load_model_to_train(model_args: ModelArguments, args, tokenizer, *, modules_
         # DeepSpeed keeps its own fp32 master weights, so the model can load in half precision;
         # without it, mixed precision autocasts from fp32 weights.
         dtype = compute_dtype(args) if args.deepspeed else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+        model = load_causal_lm(model_args.model_name_or_path, tokenizer, dtype=dtype)
         model.config.use_cache = False
         return model
 
@@ -56,8 +57,9 @@ def load_model_to_train(model_args: ModelArguments, args, tokenizer, *, modules_
         )
     settings = qlora.read_settings(model_args.lora_config)
     dtype = compute_dtype(args)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = load_causal_lm(
         model_args.model_name_or_path,
+        tokenizer,
         dtype=dtype,
         quantization_config=qlora.base_quantization_config(settings, dtype),
         device_map={"": args.device},
@@ -125,6 +127,27 @@ def assemble_fused_model(base_path: str, vision_args: VisionTowerArguments, args
             )
         except ValueError as error:
             raise UsageError(f"--model_name_or_path {base_path}: {error}") from None
+    model.config.use_cache = False
+    return model
+
+
+def release_image_seq_len(path: str, tokenizer) -> int:
+    """Patch tokens per image of upstream's released model at ``path`` (its ``mm_vision_tower`` decides)."""
+    try:
+        return upstream_config(path, tokenizer)[0].image_seq_len
+    except ValueError as error:
+        raise UsageError(f"--model_name_or_path {path}: {error}") from None
+
+
+def load_release(path: str, args, tokenizer):
+    """Upstream's released model, whole, to train on: its projector continues from the release's.
+
+    Its vision tower is copied in after loading, which ZeRO-3's partitioned
+    loading would not allow, so every rank holds the whole model until training starts.
+    """
+    dtype = compute_dtype(args) if args.deepspeed else torch.float32
+    with outside_zero3(args):
+        model = load_causal_lm(path, tokenizer, dtype=dtype)
     model.config.use_cache = False
     return model
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from yuren_core.modeling import YuRenConfig
+from yuren_core.upstream import is_upstream_checkpoint
 
 from .arguments import (
     ImageDataArguments,
@@ -36,7 +37,15 @@ from .arguments import (
     VisionTowerArguments,
 )
 from .data import image_position_of, read_conversations
-from .models import assemble_fused_model, clip_image_seq_len, load_model_to_train, load_yuren_tokenizer, log_trainable
+from .models import (
+    assemble_fused_model,
+    clip_image_seq_len,
+    load_model_to_train,
+    load_release,
+    load_yuren_tokenizer,
+    log_trainable,
+    release_image_seq_len,
+)
 from .projector import PROJECTOR, PROJECTOR_FILE, load_projector
 from .stage import Stage, StageSetup, run_stage
 from .training_data import load_image_datasets, make_image_collator
@@ -50,8 +59,8 @@ class MultimodalModelArguments(ModelArguments):
 
     model_name_or_path: str = field(
         metadata={
-            "help": "Stage 2's output (a YuRen checkpoint); or, with --projector_path, the stage-1 model "
-            "(a directory or hub id)."
+            "help": "Stage 2's output (a YuRen checkpoint) or upstream's released model; or, with --projector_path, "
+            "the stage-1 model (a directory or hub id)."
         }
     )
     projector_path: str | None = field(
@@ -109,6 +118,8 @@ def build_model(model_args: MultimodalModelArguments, vision_args: VisionTowerAr
     if model_args.projector_path:
         model = assemble_fused_model(model_args.model_name_or_path, vision_args, args)
         load_projector(model, model_args.projector_path)
+    elif is_upstream_checkpoint(model_args.model_name_or_path) and not model_args.use_lora:
+        model = load_release(model_args.model_name_or_path, args, tokenizer)
     else:
         # With LoRA, the projector trains whole inside the adapter; the tower is frozen with the rest of the base.
         model = load_model_to_train(model_args, args, tokenizer, modules_to_save=[PROJECTOR])
@@ -145,6 +156,8 @@ def set_up(
     tokenizer = load_yuren_tokenizer(model_args.model_name_or_path)
     if model_args.projector_path:
         image_seq_len = clip_image_seq_len(vision_args.clip_model)
+    elif is_upstream_checkpoint(model_args.model_name_or_path):
+        image_seq_len = release_image_seq_len(model_args.model_name_or_path, tokenizer)
     else:
         image_seq_len = starting_config(model_args).image_seq_len
     train_dataset, eval_dataset = load_image_datasets(
