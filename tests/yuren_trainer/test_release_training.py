@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from repo_helpers import REPO
 from trainer_helpers import CPU_FLAGS, write_json
 
 from yuren_core.loading import load_model
@@ -78,3 +79,22 @@ def test_stage2_aligns_the_releases_projector_only(release_dir, image_data, tmp_
     llm = {k: v for k, v in release.items() if "inv_freq" not in k and "mm_projector" not in k}
     assert llm and all(torch.equal(after[k], v) for k, v in llm.items())
     assert set(load_file(output / "mm_projector.safetensors")) == {"mm_projector.weight", "mm_projector.bias"}
+
+
+def test_stage3_lora_from_the_release_merges_back_into_it(release_dir, image_data, tmp_path):
+    from merge_lora.merge import merge
+    from yuren_trainer.multimodal_sft import main
+
+    output = tmp_path / "lora"
+    lora_config = REPO / "apps" / "yuren_trainer" / "config" / "qlora.json"
+    main(
+        [
+            "--model_name_or_path", str(release_dir), "--use_lora", "True", "--lora_config", str(lora_config),
+            *flags(image_data, output, tmp_path),
+        ]
+    )  # fmt: skip
+    merged, _, _ = load_model(merge(str(release_dir), str(output), tmp_path / "merged"))
+    release = release_state(release_dir)
+    assert not torch.equal(merged.state_dict()["mm_projector.weight"], release["model.mm_projector.weight"])
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[key], release[key])

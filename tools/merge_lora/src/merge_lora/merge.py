@@ -55,8 +55,8 @@ def merge(
 ) -> Path:
     """Merge the adapter at ``lora_path`` into ``base_model_path``; write model and tokenizer to ``target_model_path``."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
+    from yuren_core.loading import load_causal_lm
     from yuren_core.vocab import load_tokenizer
 
     target = Path(target_model_path)
@@ -67,7 +67,8 @@ def merge(
     _check_full_precision(base_model_path)
 
     print(f"[1/4] loading the base model from {base_model_path}", flush=True)
-    base = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=DTYPES[dtype])
+    # Also reads upstream's released model, the base of an adapter trained from it.
+    base = load_causal_lm(base_model_path, load_tokenizer(base_model_path), dtype=DTYPES[dtype])
     tokenizer = load_tokenizer(_tokenizer_source(lora_path, base_model_path))
     rows = base.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
