@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 from repo_helpers import REPO
+from safetensors.torch import load_file
 from trainer_helpers import CPU_FLAGS, write_json
 
 from yuren_core.loading import load_model
