@@ -64,7 +64,8 @@ def test_stage3_trains_from_the_release(release_dir, image_data, tmp_path):
     assert not torch.equal(after["mm_projector.weight"], before["mm_projector.weight"])
     assert not torch.equal(after["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
     trained, _, _ = load_model(output)
-    assert trained.config.image_position == "after_text"
+    # Stage 3 records where its own data put the images (here before the text), replacing the release's after_text.
+    assert trained.config.image_position == "before_text"
 
 
 def test_stage2_aligns_the_releases_projector_only(release_dir, image_data, tmp_path):
