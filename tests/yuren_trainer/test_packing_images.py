@@ -1,0 +1,105 @@
+"""``--packing True`` with images: one packed forward trains exactly as the padded batch of the same conversations."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from PIL import Image
+from trainer_helpers import write_json
+
+from yuren_core.constants import IGNORE_INDEX
+from yuren_core.vision import ImageProcessor
+from yuren_core.vocab import special_ids
+from yuren_trainer.collator import PackedCollator, PaddingCollator
+from yuren_trainer.data import load_sft_dataset
+from yuren_trainer.images import FolderImageLoader
+from yuren_trainer.packing import pack_rows
+from yuren_trainer.segment_attention import use_for_packing
+
+# Distinct pictures, so a batch whose images land on the wrong conversation computes a different loss.
+COLOURS = {"red.png": (220, 20, 20), "green.png": (20, 200, 40), "noise.png": None}
+
+
+def write_images(folder):
+    folder.mkdir()
+    for name, colour in COLOURS.items():
+        image = (
+            Image.effect_noise((48, 40), 80).convert("RGB") if colour is None else Image.new("RGB", (40, 30), colour)
+        )
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        (folder / name).write_bytes(buffer.getvalue())
+
+
+def llava_records():
+    """LLaVA-style records: ``<image>`` first (LLaVA-Instruct), last (the 558k captions), two images, and none."""
+
+    def turns(*pairs):
+        return [{"from": who, "value": text} for who, text in pairs]
+
+    return [
+        {
+            "image": "red.png",
+            "conversations": turns(("human", "<image>\nWhat colour is it?"), ("gpt", "Red, all over.")),
+        },
+        {"image": "noise.png", "conversations": turns(("human", "Describe this.\n<image>"), ("gpt", "Grey static."))},
+        {
+            "images": ["green.png", "red.png"],
+            "conversations": turns(
+                ("human", "<image>\n<image>\nHow do they differ?"),
+                ("gpt", "The first is green, the second red."),
+                ("human", "Which is brighter?"),
+                ("gpt", "The red one."),
+            ),
+        },
+        {"conversations": turns(("human", "Say hello."), ("gpt", "Hello there!"))},
+    ]
+
+
+def test_a_packed_batch_with_images_gives_the_padded_loss_and_projector_gradient(fused_model_dir, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(fused_model_dir, dtype=torch.float32)
+    write_images(tmp_path / "images")
+    path = write_json(tmp_path / "llava.json", llava_records())
+    rows, _ = load_sft_dataset(
+        path, tokenizer, max_length=512, image_seq_len=model.config.image_seq_len, cache_dir=tmp_path / "cache"
+    )
+    rows = [dict(row) for row in rows]
+    assert [len(row["images"]) for row in rows] == [1, 1, 2, 0]
+
+    pad = special_ids(tokenizer).pad
+    loader = FolderImageLoader(ImageProcessor.from_config(model.config), tmp_path / "images")
+    padded = PaddingCollator(pad, image_loader=loader)(rows)
+    columns = {key: [row[key] for row in rows] for key in ("input_ids", "labels", "images")}
+    packed_columns = pack_rows(columns, max_length=sum(len(row["input_ids"]) for row in rows))
+    assert len(packed_columns["input_ids"]) == 1
+    packed = PackedCollator(pad, image_loader=loader)([{key: packed_columns[key][0] for key in packed_columns}])
+    assert packed["pixel_values"].shape[0] == padded["pixel_values"].shape[0] == 4
+
+    def mean_loss_and_projector_grad(batch):
+        """Sum of the supervised tokens' losses over their number, and the projector's gradient of it."""
+        model.zero_grad()
+        logits = model(**{key: value for key, value in batch.items() if key != "labels"}).logits
+        targets = batch["labels"][:, 1:]
+        supervised = int((targets != IGNORE_INDEX).sum())
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        loss = losses / supervised
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if name.startswith("mm_projector")}
+        return loss.detach(), supervised, grads
+
+    # Padded: transformers' sdpa with the padding mask. Packed: the per-conversation attention training uses.
+    padded_loss, padded_count, padded_grads = mean_loss_and_projector_grad(padded)
+    use_for_packing(model)
+    packed_loss, packed_count, packed_grads = mean_loss_and_projector_grad(packed)
+
+    assert packed_count == padded_count > 0
+    torch.testing.assert_close(packed_loss, padded_loss, rtol=0, atol=1e-5)
+    assert padded_grads and padded_grads.keys() == packed_grads.keys()
+    assert all(grad.abs().max() > 0 for grad in padded_grads.values())
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
