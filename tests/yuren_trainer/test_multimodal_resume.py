@@ -8,8 +8,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_packing_images import llava_records, write_images
-from trainer_helpers import CPU_FLAGS, trainer_state, write_json
+from trainer_helpers import CPU_FLAGS, llava_records, trainer_state, write_images, write_json
 
 from yuren_trainer.checkpoints import COMPLETE_MARKER
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
 import torch
-from PIL import Image
-from trainer_helpers import write_json
+from trainer_helpers import llava_records, write_images, write_json
 
 from yuren_core.constants import IGNORE_INDEX
 from yuren_core.vision import ImageProcessor
@@ -16,45 +13,6 @@ from yuren_trainer.data import load_sft_dataset
 from yuren_trainer.images import FolderImageLoader
 from yuren_trainer.packing import pack_rows
 from yuren_trainer.segment_attention import use_for_packing
-
-# Distinct pictures, so a batch whose images land on the wrong conversation computes a different loss.
-COLOURS = {"red.png": (220, 20, 20), "green.png": (20, 200, 40), "noise.png": None}
-
-
-def write_images(folder):
-    folder.mkdir()
-    for name, colour in COLOURS.items():
-        image = (
-            Image.effect_noise((48, 40), 80).convert("RGB") if colour is None else Image.new("RGB", (40, 30), colour)
-        )
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        (folder / name).write_bytes(buffer.getvalue())
-
-
-def llava_records():
-    """LLaVA-style records: ``<image>`` first (LLaVA-Instruct), last (the 558k captions), two images, and none."""
-
-    def turns(*pairs):
-        return [{"from": who, "value": text} for who, text in pairs]
-
-    return [
-        {
-            "image": "red.png",
-            "conversations": turns(("human", "<image>\nWhat colour is it?"), ("gpt", "Red, all over.")),
-        },
-        {"image": "noise.png", "conversations": turns(("human", "Describe this.\n<image>"), ("gpt", "Grey static."))},
-        {
-            "images": ["green.png", "red.png"],
-            "conversations": turns(
-                ("human", "<image>\n<image>\nHow do they differ?"),
-                ("gpt", "The first is green, the second red."),
-                ("human", "Which is brighter?"),
-                ("gpt", "The red one."),
-            ),
-        },
-        {"conversations": turns(("human", "Say hello."), ("gpt", "Hello there!"))},
-    ]
 
 
 def test_a_packed_batch_with_images_gives_the_padded_loss_and_projector_gradient(fused_model_dir, tokenizer, tmp_path):

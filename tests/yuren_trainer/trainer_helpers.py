@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+
+from PIL import Image
 
 from make_tiny_model.pipeline import CPU_FLAGS as PIPELINE_CPU_FLAGS
 
@@ -54,3 +57,43 @@ def run_text_sft(*flags: str) -> None:
 
 def trainer_state(output_dir: Path) -> dict:
     return json.loads((Path(output_dir) / "trainer_state.json").read_text())
+
+
+# Distinct pictures, so a batch whose images land on the wrong conversation computes a different loss.
+COLOURS = {"red.png": (220, 20, 20), "green.png": (20, 200, 40), "noise.png": None}
+
+
+def write_images(folder):
+    folder.mkdir()
+    for name, colour in COLOURS.items():
+        image = (
+            Image.effect_noise((48, 40), 80).convert("RGB") if colour is None else Image.new("RGB", (40, 30), colour)
+        )
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        (folder / name).write_bytes(buffer.getvalue())
+
+
+def llava_records():
+    """LLaVA-style records: ``<image>`` first (LLaVA-Instruct), last (the 558k captions), two images, and none."""
+
+    def turns(*pairs):
+        return [{"from": who, "value": text} for who, text in pairs]
+
+    return [
+        {
+            "image": "red.png",
+            "conversations": turns(("human", "<image>\nWhat colour is it?"), ("gpt", "Red, all over.")),
+        },
+        {"image": "noise.png", "conversations": turns(("human", "Describe this.\n<image>"), ("gpt", "Grey static."))},
+        {
+            "images": ["green.png", "red.png"],
+            "conversations": turns(
+                ("human", "<image>\n<image>\nHow do they differ?"),
+                ("gpt", "The first is green, the second red."),
+                ("human", "Which is brighter?"),
+                ("gpt", "The red one."),
+            ),
+        },
+        {"conversations": turns(("human", "Say hello."), ("gpt", "Hello there!"))},
+    ]
