@@ -46,9 +46,34 @@ def chromium() -> str:
     return CHROMIUM
 
 
+class PacedBackend:
+    """The real backend with each streamed piece a few milliseconds apart, as a 7B model on a GPU streams.
+
+    The tiny model decodes ~500 tokens/s on a CPU, faster than the browser renders a growing answer: the
+    page would show its first words only when the server is far into the answer, and Stop would be
+    clicked late for reasons of this test, not of the UI.
+    """
+
+    def __init__(self, backend: ModelBackend, seconds_per_piece: float):
+        self.backend = backend
+        self.seconds_per_piece = seconds_per_piece
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def stream(self, *args, **kwargs):
+        pieces = self.backend.stream(*args, **kwargs)
+        try:
+            for piece in pieces:
+                time.sleep(self.seconds_per_piece)
+                yield piece
+        finally:
+            pieces.close()
+
+
 @pytest.fixture(scope="module")
 def server_url(chromium, fused_model_dir):
-    backend = ModelBackend.from_pretrained(fused_model_dir)
+    backend = PacedBackend(ModelBackend.from_pretrained(fused_model_dir), seconds_per_piece=0.005)
     app = build_app(backend, defaults=GenerationParams(temperature=0, max_new_tokens=160), model_name="demo", demo=True)
     _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)
     yield url
@@ -104,6 +129,41 @@ def set_slider(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+
+
+def test_stop_in_the_browser_cancels_a_waiting_request(browser, fake_backend):
+    """Stop pressed while the request still waits behind another user's: it never reaches the model."""
+    import threading
+
+    from gradio_client import Client
+
+    gate = threading.Event()
+    backend = fake_backend(gate=gate)
+    app = build_app(backend, lang="en")
+    _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        busy = Client(url, verbose=False).submit({"text": "someone else", "files": []}, api_name="/chat")
+        deadline = time.monotonic() + 20
+        while not backend.calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        page = open_page(browser, url)
+        page.fill("#message textarea", "waiting in line")
+        page.keyboard.press("Enter")
+        page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=\"bot\"]').length == 0")
+        time.sleep(1.0)  # the request is in the queue, behind the running one
+        assert len(backend.calls) == 1
+        page.click("#stop")
+        # The other user's request holds the model until the gate opens, after this: idle means unqueued.
+        wait_idle(page, timeout=30)
+        gate.set()
+        busy.result(timeout=20)
+        time.sleep(1.0)
+        assert [call["messages"][-1]["content"][-1]["text"] for call in backend.calls] == ["someone else"]
+        send(page, "after stop")  # the page is usable again
+        assert user_texts(page) == ["after stop"]
+    finally:
+        gate.set()
+        app.close()
 
 
 def test_chat_in_the_browser(server_url, browser, tmp_path):
@@ -173,37 +233,3 @@ def test_chat_in_the_browser(server_url, browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "webui.png"), full_page=True)
     other.screenshot(path=str(ARTIFACTS / "webui-second-user.png"))
-
-
-def test_stop_in_the_browser_cancels_a_waiting_request(browser, fake_backend):
-    """Stop pressed while the request still waits behind another user's: it never reaches the model."""
-    import threading
-
-    from gradio_client import Client
-
-    gate = threading.Event()
-    backend = fake_backend(gate=gate)
-    app = build_app(backend, lang="en")
-    _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        busy = Client(url, verbose=False).submit({"text": "someone else", "files": []}, api_name="/chat")
-        deadline = time.monotonic() + 20
-        while not backend.calls and time.monotonic() < deadline:
-            time.sleep(0.05)
-        page = open_page(browser, url)
-        page.fill("#message textarea", "waiting in line")
-        page.keyboard.press("Enter")
-        page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=\"bot\"]').length == 0")
-        time.sleep(1.0)  # the request is in the queue, behind the running one
-        assert len(backend.calls) == 1
-        page.click("#stop")
-        wait_idle(page, timeout=10)
-        gate.set()
-        busy.result(timeout=20)
-        time.sleep(1.0)
-        assert [call["messages"][-1]["content"][-1]["text"] for call in backend.calls] == ["someone else"]
-        send(page, "after stop")  # the page is usable again
-        assert user_texts(page) == ["after stop"]
-    finally:
-        gate.set()
-        app.close()
