@@ -190,9 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.auth_file is not None and not auth_file_is_private(args.auth_file):
         print(f"webui: warning: {args.auth_file} can be read by other users; chmod 600 it", file=sys.stderr)
 
-    from .app import Limits, build_app
     from .engine import ModelBackend
-    from .server import serve
 
     if args.api_base:
         serve_remote(args, auth)
@@ -222,11 +220,27 @@ def main(argv: list[str] | None = None) -> None:
         # transformers' message names the model and what it looked for (a missing hub repo, a folder without config).
         print(f"webui: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    limits = Limits()
     local = Path(model_path)
     # A local directory is named, not located: the page need not reveal the server's file layout.
     name = "demo" if demo else local.name if local.exists() else str(args.model)
-    app = build_app(backend, lang=args.lang, limits=limits, model_name=name, demo=demo)
+    serve_backend(args, auth, backend, model_name=name, demo=demo, blocked_paths=[local] if local.exists() else [])
+
+
+def serve_backend(
+    args: argparse.Namespace,
+    auth: tuple[str, str] | None,
+    backend,
+    *,
+    model_name: str,
+    demo: bool = False,
+    blocked_paths: list[Path] | None = None,
+) -> None:
+    """Build the UI over ``backend`` and serve it as the command-line flags say, behind ``auth`` if given."""
+    from .app import Limits, build_app
+    from .server import serve
+
+    limits = Limits()
+    app = build_app(backend, lang=args.lang, limits=limits, model_name=model_name, demo=demo)
     serve(
         app,
         limits=limits,
@@ -235,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         share=args.share,
         auth=auth,
         allow_unauthenticated_public=args.allow_unauthenticated_public,
-        blocked_paths=[local] if local.exists() else [],
+        blocked_paths=blocked_paths or [],
         lang=args.lang,
     )
 
@@ -244,9 +258,7 @@ def serve_remote(args: argparse.Namespace, auth: tuple[str, str] | None) -> None
     """Serve the UI over the OpenAI-compatible server ``args.api_base``, behind ``auth`` if given."""
     import httpx
 
-    from .app import Limits, build_app
     from .openai_backend import OpenAIBackend, ServerError
-    from .server import serve
 
     api_key = None
     if args.api_key_file:
@@ -260,18 +272,7 @@ def serve_remote(args: argparse.Namespace, auth: tuple[str, str] | None) -> None
     except (ServerError, httpx.HTTPError) as error:
         print(f"webui: error: cannot reach the server at {args.api_base}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    limits = Limits()
-    app = build_app(backend, lang=args.lang, limits=limits, model_name=backend.model)
-    serve(
-        app,
-        limits=limits,
-        server_name=args.server_name,
-        server_port=args.server_port,
-        share=args.share,
-        auth=auth,
-        allow_unauthenticated_public=args.allow_unauthenticated_public,
-        lang=args.lang,
-    )
+    serve_backend(args, auth, backend, model_name=backend.model)
 
 
 if __name__ == "__main__":
