@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -74,7 +77,48 @@ def conversations(images: list[Path]) -> list[tuple[list[dict], list[Path]]]:
     ]
 
 
-def test_greedy_answers_match_transformers(vllm_python, vllm_env, vllm_model_dir, tmp_path):
+class ImageHost:
+    """A plain HTTP server on 127.0.0.1 serving the files of ``folder``, recording each path asked for."""
+
+    def __init__(self, folder: Path):
+        self.requested: list[str] = []
+        host = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                host.requested.append(self.path)
+                super().do_GET()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(folder)))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def image_host(tmp_path):
+    """The three test images, served over plain HTTP from 127.0.0.1."""
+    folder = tmp_path / "hosted"
+    folder.mkdir()
+    write_images(folder)
+    host = ImageHost(folder)
+    yield host
+    host.close()
+
+
+def ask_about(url: str) -> list[dict]:
+    """The OpenAI-style question about the image at ``url`` (the fourth conversation, as chat messages)."""
+    question = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "\nWhat is in the picture?"}]
+    return [{"role": "user", "content": question}]
+
+
+def test_greedy_answers_match_transformers(vllm_python, vllm_env, vllm_model_dir, image_host, tmp_path):
     model, tokenizer, processor = load_model(vllm_model_dir, dtype=torch.float32)
     ids = special_ids(tokenizer)
     prompts, expected = [], []
@@ -92,7 +136,16 @@ def test_greedy_answers_match_transformers(vllm_python, vllm_env, vllm_model_dir
 
     job = tmp_path / "job.json"
     job.write_text(
-        json.dumps({"max_new_tokens": MAX_NEW_TOKENS, "stop_token_ids": [ids.im_end, ids.eos], "prompts": prompts})
+        json.dumps(
+            {
+                "max_new_tokens": MAX_NEW_TOKENS,
+                "stop_token_ids": [ids.im_end, ids.eos],
+                "prompts": prompts,
+                # The operator named the image host: the red image is fetched over HTTP and answered as if sent inline.
+                "allowed_media_domains": ["127.0.0.1"],
+                "chats": [ask_about(f"{image_host.url}/image0.png")],
+            }
+        )
     )
     out = tmp_path / "out.json"
     subprocess.run(
@@ -101,7 +154,9 @@ def test_greedy_answers_match_transformers(vllm_python, vllm_env, vllm_model_dir
         env=vllm_env,
         timeout=1200,
     )
-    assert json.loads(out.read_text()) == expected
+    generated = json.loads(out.read_text())
+    assert generated["prompts"] == expected
+    assert generated["chats"] == [expected[4]] and "/image0.png" in image_host.requested
 
 
 def free_port() -> int:
@@ -174,11 +229,11 @@ def expected_answer(vllm_model_dir, tmp_path_factory):
         )
     answer = tokenizer.decode(output[0, len(rendered.input_ids) :], skip_special_tokens=True)
     assert answer.strip()
-    return image, answer
+    return image, answer, len(rendered.input_ids)
 
 
 def test_openai_client_streams_an_answer_about_an_image(vllm_server, vllm_python, expected_answer, tmp_path):
-    image, answer = expected_answer
+    image, answer, _ = expected_answer
     out = tmp_path / "chat.json"
     subprocess.run(
         [str(vllm_python), str(HERE / "openai_chat.py"), vllm_server, str(image), str(MAX_NEW_TOKENS), str(out)],
@@ -192,10 +247,29 @@ def test_openai_client_streams_an_answer_about_an_image(vllm_server, vllm_python
     assert "".join(result["pieces"]) == result["whole"] == answer
 
 
+def test_remote_image_urls_are_refused_by_default(vllm_server, image_host):
+    request = {"model": "tiny-yuren", "messages": ask_about(f"{image_host.url}/image0.png"), "max_tokens": 4}
+    response = httpx.post(f"{vllm_server}/chat/completions", json=request, timeout=120)
+    assert response.status_code == 400
+    assert "--allowed-media-domains" in response.json()["error"]["message"]
+    assert image_host.requested == []  # refused before anything was fetched
+
+
 def test_web_ui_over_vllm_answers_through_gradio_client(vllm_server, expected_answer):
-    image, answer = expected_answer
+    image, answer, prompt_tokens = expected_answer
     backend = OpenAIBackend(vllm_server)
     assert backend.model == "tiny-yuren" and backend.context_length == 512
+    # vLLM counts the UI's prompts as render does, image block included, so history is fitted to its context.
+    assert backend.cannot_count_tokens is None
+    question = [{"type": "image"}, {"type": "text", "text": "\nWhat is in the picture?"}]
+    url = backend.prepare_image(Image.open(image))
+    assert backend.count_tokens([{"role": "user", "content": question}], [url]) == prompt_tokens
+    too_long = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": " red" * 600}]},
+        {"role": "assistant", "content": "A red square."},
+        {"role": "user", "content": question},
+    ]
+    assert backend.unreachable_turns(too_long, [url, url]) == 1
     defaults = GenerationParams(temperature=0, repetition_penalty=1.0, max_new_tokens=MAX_NEW_TOKENS)
     app = build_app(backend, lang="en", defaults=defaults)
     _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)

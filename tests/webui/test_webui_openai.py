@@ -19,20 +19,41 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from webui.app import Limits, build_app
-from webui.backend import GenerationParams
-from webui.openai_backend import OpenAIBackend, ServerError, openai_messages
+from webui.backend import GenerationParams, PromptTooLong
+from webui.openai_backend import OpenAIBackend, ServerError, openai_messages, tokenize_url
 from webui.server import serve
 
 
+def fake_token_count(messages: list[dict]) -> int:
+    """The fake server's chat token count: 2 per message, 1 per word, 8 per image, 1 for the generation prompt."""
+    count = 1
+    for message in messages:
+        parts = message["content"] if isinstance(message["content"], list) else [{"text": message["content"]}]
+        count += 2 + sum(8 if part.get("type") == "image_url" else len(part["text"].split()) for part in parts)
+    return count
+
+
 class FakeOpenAI:
-    """``/v1/models`` and streamed ``/v1/chat/completions`` on 127.0.0.1, recording requests.
+    """``/v1/models``, streamed ``/v1/chat/completions`` and ``/tokenize`` on 127.0.0.1, recording requests.
 
     The answer is ``words`` pieces ``"w0 "``, ``"w1 "``... sent ``delay`` seconds
-    apart; ``disconnected`` is set when a client hangs up mid-stream.
+    apart; ``disconnected`` is set when a client hangs up mid-stream. Tokens are
+    counted by :func:`fake_token_count`; with ``tokenize=False`` the server has
+    no ``/tokenize`` (as most servers other than vLLM).
     """
 
-    def __init__(self, *, words: int = 5, delay: float = 0.0, api_key: str | None = None):
+    def __init__(
+        self,
+        *,
+        words: int = 5,
+        delay: float = 0.0,
+        api_key: str | None = None,
+        max_model_len: int = 512,
+        tokenize: bool = True,
+    ):
         self.words, self.delay, self.api_key = words, delay, api_key
+        self.max_model_len, self.tokenize = max_model_len, tokenize
+        self.tokenize_requests: list[dict] = []
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.disconnected = threading.Event()
@@ -61,12 +82,20 @@ class FakeOpenAI:
             def do_GET(self):
                 if self.refuse_without_key():
                     return
-                self.reply(200, {"object": "list", "data": [{"id": "tiny-yuren", "max_model_len": 512}]})
+                self.reply(200, {"object": "list", "data": [{"id": "tiny-yuren", "max_model_len": fake.max_model_len}]})
 
             def do_POST(self):
                 if self.refuse_without_key():
                     return
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/tokenize":
+                    if not fake.tokenize:
+                        self.reply(404, {"detail": "Not Found"})
+                        return
+                    fake.tokenize_requests.append(request)
+                    count = fake_token_count(request["messages"])
+                    self.reply(200, {"count": count, "max_model_len": fake.max_model_len, "tokens": [0] * count})
+                    return
                 fake.requests.append(request)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -178,6 +207,59 @@ def test_stop_closes_the_stream(fake_openai):
             stop.set()
     assert received == ["w0 ", "w1 ", "w2 "]
     assert server.disconnected.wait(timeout=10)  # the server saw the client go: vLLM aborts the request then
+
+
+def long_conversation() -> tuple[list[dict], list[str]]:
+    """System prompt and three user turns, images in the first and last; 41 fake tokens (37 without the system)."""
+    messages = [
+        {"role": "system", "content": "be brief"},  # 4
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "\nfirst question here"}]},  # 13
+        {"role": "assistant", "content": "answer one"},  # 4
+        {"role": "user", "content": [{"type": "text", "text": "second question"}]},  # 4
+        {"role": "assistant", "content": "answer two"},  # 4
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "\nthird"}]},  # 11
+    ]
+    return messages, ["data:one", "data:two"]
+
+
+def test_tokens_are_counted_where_vllm_serves_them():
+    assert tokenize_url("http://host:8000/v1") == "http://host:8000/tokenize"
+    assert tokenize_url("http://host:8000/v1/") == "http://host:8000/tokenize"
+    assert tokenize_url("https://host/llm") == "https://host/llm/tokenize"
+
+
+def test_history_is_fitted_to_the_context_the_server_counts(fake_openai):
+    server = fake_openai(max_model_len=30)
+    backend = OpenAIBackend(server.url)
+    assert backend.cannot_count_tokens is None
+    messages, images = long_conversation()
+    # Without the system prompt and with a one-token answer, the first turn (13 + 4) cannot fit 30 tokens ever again.
+    assert backend.unreachable_turns(messages, images) == 1
+    assert backend.unreachable_turns(messages[3:], images[1:]) == 0
+
+    # 10 tokens for the answer leave 20: only the system prompt and the newest turn (16) fit, with its image.
+    assert list(backend.stream(messages, images, GenerationParams(max_new_tokens=10), threading.Event()))
+    sent = server.requests[-1]["messages"]
+    assert sent == openai_messages([messages[0], messages[-1]], ["data:two"])
+    assert server.tokenize_requests[-1]["add_generation_prompt"] is True
+
+    # 16 for the answer leave 14: not even the newest turn fits, and nothing is sent.
+    chats = len(server.requests)
+    with pytest.raises(PromptTooLong) as too_long:
+        list(backend.stream(messages, images, GenerationParams(max_new_tokens=16), threading.Event()))
+    assert (too_long.value.prompt_tokens, too_long.value.context_length) == (16, 30)
+    assert len(server.requests) == chats
+
+
+def test_server_that_cannot_count_gets_the_history_whole_and_the_reason_is_kept(fake_openai):
+    server = fake_openai(max_model_len=30, tokenize=False)
+    backend = OpenAIBackend(server.url)
+    assert f"POST {server.url.removesuffix('/v1')}/tokenize" in backend.cannot_count_tokens
+    assert "404" in backend.cannot_count_tokens
+    messages, images = long_conversation()
+    assert backend.unreachable_turns(messages, images) == 0
+    list(backend.stream(messages, images, GenerationParams(max_new_tokens=16), threading.Event()))
+    assert server.requests[-1]["messages"] == openai_messages(messages, images)
 
 
 def free_port() -> int:

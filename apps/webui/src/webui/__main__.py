@@ -272,6 +272,12 @@ def serve_remote(args: argparse.Namespace, auth: tuple[str, str] | None) -> None
     except (ServerError, httpx.HTTPError) as error:
         print(f"webui: error: cannot reach the server at {args.api_base}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if backend.cannot_count_tokens:
+        print(
+            f"webui: warning: history goes to {args.api_base} whole, never shortened to fit the model's context: "
+            f"{backend.cannot_count_tokens}. A conversation that outgrows the context is refused by the server.",
+            file=sys.stderr,
+        )
     serve_backend(args, auth, backend, model_name=backend.model)
 
 

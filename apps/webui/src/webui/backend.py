@@ -10,9 +10,9 @@ backend's :meth:`ChatBackend.prepare_image` returned for them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from PIL import Image
@@ -57,6 +57,48 @@ class GenerationParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+Built = TypeVar("Built")
+
+
+def split_system(messages: Sequence[Mapping]) -> tuple[list, list, list[int]]:
+    """``(system, turns, starts)``: the leading system message (if any), the rest, and where each user turn starts."""
+    messages = list(messages)
+    system = messages[:1] if messages and messages[0].get("role") == "system" else []
+    turns = messages[len(system) :]
+    starts = [i for i, message in enumerate(turns) if message.get("role") == "user"]
+    if not starts:
+        raise ValueError("the conversation has no user turn to answer")
+    return system, turns, starts
+
+
+def drop_oldest_to_fit(
+    from_turn: Callable[[int], Built], length: Callable[[Built], int], user_turns: int, budget: int
+) -> tuple[Built, int]:
+    """The prompt with the fewest oldest user turns left out that fits ``budget`` tokens, and how many were.
+
+    ``from_turn(k)`` builds the prompt leaving out the first ``k`` of
+    ``user_turns`` user turns (with the answers to them); ``length`` counts its
+    tokens. The result is over budget only when the newest user turn alone does
+    not fit (then all the others are left out).
+    """
+    # Usually everything fits: one build. Otherwise bisect (leaving out more turns never makes a prompt longer).
+    fitted, dropped = from_turn(0), 0
+    if length(fitted) > budget:
+        dropped = user_turns - 1
+        fitted = from_turn(dropped)
+        if length(fitted) > budget:
+            return fitted, dropped
+        low = 1  # invariant: from_turn(low - 1) is too long, fitted = from_turn(dropped) fits
+        while low < dropped:
+            middle = (low + dropped) // 2
+            candidate = from_turn(middle)
+            if length(candidate) > budget:
+                low = middle + 1
+            else:
+                fitted, dropped = candidate, middle
+    return fitted, dropped
 
 
 class PromptTooLong(ValueError):

@@ -24,7 +24,14 @@ from yuren_core.chatml import render
 from yuren_core.decoding import Decoder, TextDeltas
 from yuren_core.vocab import special_ids
 
-from .backend import GenerationParams, ImagesNotSupported, PromptTooLong, is_out_of_memory
+from .backend import (
+    GenerationParams,
+    ImagesNotSupported,
+    PromptTooLong,
+    drop_oldest_to_fit,
+    is_out_of_memory,
+    split_system,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +112,8 @@ class ModelBackend:
             raise ImagesNotSupported("the loaded model reads text only")
         return self.image_processor.preprocess(image)
 
-    def _fit(self, system: list, turns: list, budget: int):
-        """Render ``system`` + ``turns`` dropping the fewest oldest user turns to fit ``budget`` tokens.
-
-        Returns ``(rendered, dropped)``; ``rendered`` is over budget only when
-        the newest user turn alone does not fit (then ``dropped`` leaves just it).
-        """
-        starts = [i for i, message in enumerate(turns) if message.get("role") == "user"]
-        if not starts:
-            raise ValueError("the conversation has no user turn to answer")
+    def _fit(self, system: list, turns: list, starts: list[int], budget: int):
+        """Render ``system`` + ``turns`` leaving out the fewest oldest user turns to fit ``budget`` tokens."""
 
         def from_turn(first: int):
             return render(
@@ -123,29 +123,7 @@ class ModelBackend:
                 add_generation_prompt=True,
             )
 
-        # Usually everything fits: one render. Otherwise find the fewest turns to drop by
-        # bisection (dropping more turns never makes the prompt longer).
-        fitted, dropped = from_turn(0), 0
-        if len(fitted.input_ids) > budget:
-            dropped = len(starts) - 1
-            fitted = from_turn(dropped)
-            if len(fitted.input_ids) > budget:
-                return fitted, dropped
-            low = 1  # invariant: from_turn(low - 1) is too long, fitted = from_turn(dropped) fits
-            while low < dropped:
-                middle = (low + dropped) // 2
-                candidate = from_turn(middle)
-                if len(candidate.input_ids) > budget:
-                    low = middle + 1
-                else:
-                    fitted, dropped = candidate, middle
-        return fitted, dropped
-
-    @staticmethod
-    def _split_system(messages: Sequence[Mapping]) -> tuple[list, list]:
-        messages = list(messages)
-        system = messages[:1] if messages and messages[0].get("role") == "system" else []
-        return system, messages[len(system) :]
+        return drop_oldest_to_fit(from_turn, lambda rendered: len(rendered.input_ids), len(starts), budget)
 
     def build_prompt(self, messages: Sequence[Mapping], images: Sequence[Any], max_new_tokens: int) -> Prompt:
         """Render ``messages`` leaving room for ``max_new_tokens``, dropping the oldest turns if needed.
@@ -155,9 +133,9 @@ class ModelBackend:
         time. Raises :class:`~webui.backend.PromptTooLong` when even the system
         prompt plus the last user turn does not fit.
         """
-        system, turns = self._split_system(messages)
+        system, turns, starts = split_system(messages)
         budget = self.context_length - max_new_tokens
-        fitted, dropped = self._fit(system, turns, budget)
+        fitted, dropped = self._fit(system, turns, starts, budget)
         if len(fitted.input_ids) > budget:
             raise PromptTooLong(len(fitted.input_ids), max_new_tokens, self.context_length)
         if dropped:
@@ -169,8 +147,8 @@ class ModelBackend:
 
     def unreachable_turns(self, messages: Sequence[Mapping], images: Sequence[Any]) -> int:
         """See :meth:`webui.backend.ChatBackend.unreachable_turns`: fitted with no system prompt, one answer token."""
-        _, turns = self._split_system(messages)
-        _, dropped = self._fit([], turns, self.context_length - 1)
+        _, turns, starts = split_system(messages)
+        _, dropped = self._fit([], turns, starts, self.context_length - 1)
         return dropped
 
     def stream(

@@ -7,6 +7,12 @@ URLs in ``image_url`` parts, in the place the UI's role/content messages put
 them, so a server using YuRen's chat template renders what
 :func:`yuren_core.chatml.render` would. Stop closes the HTTP stream, which makes
 vLLM abort the request.
+
+History is fitted to the context as the local backend fits it, with the
+server counting the tokens: vLLM's ``POST /tokenize`` renders chat messages
+(images expanded) through the served chat template. A server without that
+endpoint gets the whole history, and refuses it once it outgrows the context;
+:attr:`OpenAIBackend.cannot_count_tokens` says why.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from .backend import GenerationParams
+from .backend import GenerationParams, PromptTooLong, drop_oldest_to_fit, split_system
 
 # Used when the server does not say (vLLM reports max_model_len in /v1/models).
 DEFAULT_CONTEXT_LENGTH = 4096
@@ -36,6 +42,23 @@ def image_data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def tokenize_url(api_base: str) -> str:
+    """Where vLLM counts tokens: ``/tokenize`` at the server's root, beside (not under) ``/v1``."""
+    base = api_base.rstrip("/")
+    return (base.removesuffix("/v1") if base.endswith("/v1") else base) + "/tokenize"
+
+
+def count_images(messages: Sequence[Mapping]) -> int:
+    """How many ``{"type": "image"}`` parts ``messages`` hold."""
+    return sum(
+        1
+        for message in messages
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part.get("type") == "image"
+    )
 
 
 def openai_messages(messages: Sequence[Mapping], images: Sequence[str]) -> list[dict]:
@@ -87,6 +110,16 @@ class OpenAIBackend:
         listed = None if model and context_length else self._first_model()
         self.model = model or listed["id"]
         self._context_length = context_length or (listed or {}).get("max_model_len") or DEFAULT_CONTEXT_LENGTH
+        self.tokenize_url = tokenize_url(api_base)
+        self.cannot_count_tokens = self._probe_token_count()
+
+    def _probe_token_count(self) -> str | None:
+        """``None`` when the server counts chat tokens at :attr:`tokenize_url`, else why it does not."""
+        try:
+            self.count_tokens([{"role": "user", "content": "hello"}], [])
+        except (ServerError, httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+            return f"it does not count chat tokens at POST {self.tokenize_url} ({str(error)[:200] or type(error).__name__})"
+        return None
 
     def _first_model(self) -> dict:
         response = self._checked(self.client.get("models"))
@@ -118,13 +151,38 @@ class OpenAIBackend:
         """Encode an uploaded image once, as the ``data:`` URL every later request of the conversation sends."""
         return image_data_url(image)
 
-    def unreachable_turns(self, messages: Sequence[Mapping], images: Sequence[str]) -> int:
-        """See :meth:`webui.backend.ChatBackend.unreachable_turns`; always 0 here.
+    def count_tokens(self, messages: Sequence[Mapping], images: Sequence[str]) -> int:
+        """Tokens of the prompt the server renders ``messages`` to (generation prompt and image blocks included)."""
+        body = {"model": self.model, "messages": openai_messages(messages, images), "add_generation_prompt": True}
+        count = self._checked(self.client.post(self.tokenize_url, json=body)).json()["count"]
+        if not isinstance(count, int):
+            raise ValueError(f"the token count is {count!r}, not a whole number")
+        return count
 
-        The tokenizer lives with the server, so this side cannot count tokens; the server refuses a prompt
-        longer than its context itself, and that refusal reaches the user as the server's message.
+    def _fit(self, messages: Sequence[Mapping], images: Sequence[str], budget: int):
+        """``((messages, images, tokens), dropped)``: the fewest oldest user turns left out to fit ``budget``."""
+        system, turns, starts = split_system(messages)
+        in_system = count_images(system)
+
+        def from_turn(first: int):
+            kept = system + turns[starts[first] :]
+            skipped = count_images(turns[: starts[first]])
+            kept_images = list(images[:in_system]) + list(images[in_system + skipped :])
+            return kept, kept_images, self.count_tokens(kept, kept_images)
+
+        return drop_oldest_to_fit(from_turn, lambda built: built[2], len(starts), budget)
+
+    def unreachable_turns(self, messages: Sequence[Mapping], images: Sequence[str]) -> int:
+        """See :meth:`webui.backend.ChatBackend.unreachable_turns`: counted by the server, no system prompt.
+
+        0 when the server cannot count tokens (:attr:`cannot_count_tokens`): the
+        history is then sent whole, and the server refuses it once it is too long.
         """
-        return 0
+        if self.cannot_count_tokens:
+            return 0
+        system, _, _ = split_system(messages)
+        _, dropped = self._fit(messages[len(system) :], images[count_images(system) :], self.context_length - 1)
+        return dropped
 
     def request_body(self, messages: Sequence[Mapping], images: Sequence[str], params: GenerationParams) -> dict:
         """The ``/v1/chat/completions`` body for ``messages`` with ``params`` (streaming)."""
@@ -148,7 +206,17 @@ class OpenAIBackend:
         params: GenerationParams,
         stop_event: threading.Event,
     ) -> Iterator[str]:
-        """Yield the answer as the server streams it; setting ``stop_event`` closes the stream."""
+        """Yield the answer as the server streams it; setting ``stop_event`` closes the stream.
+
+        The oldest turns are left out to leave ``max_new_tokens`` of the context
+        for the answer, and :class:`~webui.backend.PromptTooLong` is raised when
+        the newest turn alone does not fit (unless the server cannot count tokens).
+        """
+        if not self.cannot_count_tokens:
+            budget = self.context_length - int(params.max_new_tokens)
+            (messages, images, tokens), _ = self._fit(messages, images, budget)
+            if tokens > budget:
+                raise PromptTooLong(tokens, int(params.max_new_tokens), self.context_length)
         body = self.request_body(messages, images, params)
         with self.client.stream("POST", "chat/completions", json=body) as response:
             self._checked(response)

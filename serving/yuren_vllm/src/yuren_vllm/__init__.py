@@ -15,10 +15,10 @@ def register() -> None:
     from vllm import ModelRegistry
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
-    from .remote_media import RemoteMediaOff
-
     # Importing the modeling module registers YuRenConfig with AutoConfig, which vLLM reads the config through.
     import yuren_core.modeling  # noqa: F401
+
+    from .remote_media import RemoteMediaOff
 
     # A string keeps vLLM's import of the model lazy, as its own registry does.
     ModelRegistry.register_model("YuRenForCausalLM", "yuren_vllm.model:YuRenForCausalLM")
