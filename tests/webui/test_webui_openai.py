@@ -314,3 +314,17 @@ def test_cli_reports_an_unreachable_server(capsys):
         main(["--api_base", f"http://127.0.0.1:{free_port()}/v1"])
     assert exit_info.value.code == 2
     assert "cannot reach the server" in capsys.readouterr().err
+
+
+def test_cli_warns_when_the_server_cannot_count_tokens(fake_openai, monkeypatch, capsys):
+    import webui.__main__ as cli
+
+    served = []
+    monkeypatch.setattr(cli, "serve_backend", lambda args, auth, backend, model_name: served.append(backend))
+    counting, not_counting = fake_openai(), fake_openai(tokenize=False)
+    cli.main(["--api_base", counting.url])
+    assert "warning" not in capsys.readouterr().err
+    cli.main(["--api_base", not_counting.url])
+    err = capsys.readouterr().err
+    assert "history goes to" in err and "whole" in err and "/tokenize" in err and "404" in err
+    assert [backend.cannot_count_tokens is None for backend in served] == [True, False]
