@@ -21,7 +21,7 @@ import pytest
 import torch
 from repo_helpers import REPO, free_port
 from safetensors.torch import load_file
-from trainer_helpers import CPU_FLAGS, MEMORY_CONVERSATIONS, trainer_state, write_json
+from trainer_helpers import CPU_FLAGS, MEMORY_CONVERSATIONS, step_logs, trainer_state, write_json
 
 from yuren_trainer.checkpoints import is_complete
 
@@ -74,14 +74,6 @@ def run(launcher: list[str], flags: list[str], tmp_path: Path, kill: str | None 
     else:
         # torchrun reports the dead rank and stops the others.
         assert process.returncode != 0 and "Signal 9 (SIGKILL)" in log, log
-
-
-def step_logs(output: Path) -> list[tuple]:
-    return [
-        (e["step"], e["loss"], e["grad_norm"], e["learning_rate"])
-        for e in trainer_state(output)["log_history"]
-        if "loss" in e
-    ]
 
 
 def assert_same_end(resumed: Path, whole: Path) -> None:

@@ -59,6 +59,15 @@ def trainer_state(output_dir: Path) -> dict:
     return json.loads((Path(output_dir) / "trainer_state.json").read_text())
 
 
+def step_logs(output_dir: Path) -> list[tuple]:
+    """Per logged training step of the run in ``output_dir``: (step, loss, grad_norm, learning_rate)."""
+    return [
+        (e["step"], e["loss"], e["grad_norm"], e["learning_rate"])
+        for e in trainer_state(output_dir)["log_history"]
+        if "loss" in e
+    ]
+
+
 # Distinct pictures, so a batch whose images land on the wrong conversation computes a different loss.
 COLOURS = {"red.png": (220, 20, 20), "green.png": (20, 200, 40), "noise.png": None}
 
