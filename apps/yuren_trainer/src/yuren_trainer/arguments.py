@@ -19,7 +19,6 @@ says what to pass instead, not with a stack trace from deep inside the Trainer.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
 
+from yuren_core.cli import exit_on
 from yuren_core.constants import DEFAULT_CLIP_MODEL
 from yuren_core.vision import DEFAULT_MAX_PIXELS
 
@@ -225,8 +225,5 @@ def check_precision_flags(args: TrainingArguments) -> None:
 def parse_args(dataclass_types, argv: list[str] | None = None, prog: str | None = None):
     """Parse ``argv`` into ``dataclass_types``; a :class:`UsageError` exits with status 2 and its message."""
     parser = HfArgumentParser(dataclass_types, prog=prog)
-    try:
+    with exit_on(parser.prog, UsageError):
         return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    except UsageError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -22,6 +22,7 @@ import datasets
 import transformers
 from transformers import set_seed
 
+from yuren_core.cli import exit_on
 from yuren_core.vocab import special_ids
 
 from . import checkpoints
@@ -131,7 +132,7 @@ def run_stage(stage: Stage, argv: list[str] | None = None) -> None:
     parsed = parse_args(tuple(stage.arguments), argv, prog=f"python -m yuren_trainer.{stage.name}")
     args = parsed[-1]
     setup_logging(args)
-    try:
+    with exit_on(stage.name, UsageError, DataError, QLoRAConfigError):
         check_reporting(args)
         set_seed(args.seed)
         setup = stage.set_up(*parsed)
@@ -151,6 +152,3 @@ def run_stage(stage: Stage, argv: list[str] | None = None) -> None:
         train_and_save(trainer, args)
         if stage.after_save:
             stage.after_save(setup, args)
-    except (UsageError, DataError, QLoRAConfigError) as error:
-        print(f"{stage.name}: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None

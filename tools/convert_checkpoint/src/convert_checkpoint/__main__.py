@@ -8,10 +8,11 @@ The work is :func:`convert_checkpoint.convert.convert`; this module parses the c
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .convert import DTYPES, ConvertError, convert
+from yuren_core.cli import DTYPES, exit_on
+
+from .convert import ConvertError, convert
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,11 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     args = parser.parse_args(argv)
-    try:
+    with exit_on(parser.prog, ConvertError):
         target = convert(args.source, args.output, dtype=args.dtype, overwrite=args.overwrite)
-    except ConvertError as error:
-        print(f"convert-checkpoint: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"done: {target}")
 
 

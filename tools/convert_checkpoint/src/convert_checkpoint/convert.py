@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from yuren_core.atomic import atomic_directory
-
-DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from yuren_core.cli import DTYPES
 
 
 class ConvertError(RuntimeError):

@@ -6,10 +6,11 @@ The work is :func:`merge_lora.merge.merge`; this module parses the command line.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .merge import DTYPES, MergeError, merge
+from yuren_core.cli import DTYPES, exit_on
+
+from .merge import MergeError, merge
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,13 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty target directory")
     args = parser.parse_args(argv)
-    try:
+    with exit_on(parser.prog, MergeError):
         target = merge(
             args.base_model_path, args.lora_path, args.target_model_path, dtype=args.dtype, overwrite=args.overwrite
         )
-    except MergeError as error:
-        print(f"merge-lora: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"done: {target}")
 
 

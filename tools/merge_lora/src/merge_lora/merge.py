@@ -16,11 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from yuren_core.atomic import atomic_directory
-
-DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from yuren_core.cli import DTYPES
 
 
 class MergeError(RuntimeError):

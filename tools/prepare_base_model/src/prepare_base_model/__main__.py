@@ -6,9 +6,9 @@ The work is :func:`prepare_base_model.prepare.prepare`; this module parses the c
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from yuren_core.cli import exit_on
 from yuren_core.constants import DEFAULT_BASE_MODEL, DEFAULT_BASE_OUTPUT
 
 from .prepare import BaseModelNotFound, prepare
@@ -20,11 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path(DEFAULT_BASE_OUTPUT), help="where to write the result")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     args = parser.parse_args(argv)
-    try:
+    with exit_on(parser.prog, BaseModelNotFound, FileExistsError):
         prepare(args.base, args.output, overwrite=args.overwrite)
-    except (BaseModelNotFound, FileExistsError) as error:
-        print(f"prepare-base-model: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"done: {args.output}")
 
 

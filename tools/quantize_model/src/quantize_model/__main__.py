@@ -12,8 +12,8 @@ precision. The output directory appears only once it is complete.
 from __future__ import annotations
 
 import argparse
-import sys
 
+from yuren_core.cli import exit_on
 from yuren_core.quantized import BITS, save_quantized
 
 
@@ -29,12 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with exit_on(parser.prog, ValueError, FileExistsError, OSError):
         output = save_quantized(args.model, args.output, bits=args.bits, overwrite=args.overwrite)
-    except (ValueError, FileExistsError, OSError) as error:
-        print(f"quantize: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(f"wrote the {args.bits}-bit checkpoint to {output}")
 
 
