@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 
@@ -23,6 +22,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 from repo_helpers import free_port
+from webui_helpers import gated_server, served, user_texts, wait_for
 
 from webui.app import Limits, build_app
 from webui.backend import GenerationParams
@@ -34,22 +34,6 @@ from webui.server import serve
 pytestmark = pytest.mark.slow
 
 PASSWORD = "correct horse battery"
-
-
-@contextlib.contextmanager
-def served(app, **settings):
-    _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True, **settings)
-    try:
-        yield url
-    finally:
-        app.close()
-
-
-def wait_for(condition, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def fn_index(url: str, api_name: str) -> int:
@@ -81,10 +65,6 @@ def raw_chat(url: str, text, session_hash: str, system: str = "sys") -> dict:
                     session_hash)  # fmt: skip
     assert response.status_code == 200, response.text
     return outcome(url, session_hash)
-
-
-def user_texts(history) -> list[str]:
-    return [part["text"] for m in history if m["role"] == "user" for part in m["content"] if part["type"] == "text"]
 
 
 def test_request_bodies_are_bounded_before_parsing(fake_backend):
@@ -171,87 +151,66 @@ def test_serve_refuses_a_short_password(fake_backend):
 
 
 def test_one_session_cannot_take_the_queue(fake_backend):
-    gate = threading.Event()
-    backend = fake_backend(gate=gate)
     limits = Limits(queue_size=6, max_waiting_per_address=None)
-    app = build_app(backend, lang="en", limits=limits)
-    with served(app, limits=limits) as url:
-        try:
-            mallory = Client(url, verbose=False)
-            flood = [mallory.submit({"text": f"flood {i}", "files": []}, api_name="/chat") for i in range(20)]
-            wait_for(lambda: len(backend.calls) == 1 and sum(job.done() for job in flood) >= 18)
-            refusals = []
-            for job in flood:
-                if job.done():
-                    with pytest.raises(httpx.HTTPStatusError) as refused:
-                        job.result()
-                    refusals.append(refused.value.response)
-            assert len(refusals) == 18 and {response.status_code for response in refusals} == {429}
-            more = [{"text": "one more", "files": []}, None, "sys", 0.9, 0, 8, 1.1]
-            again = join(url, fn_index(url, "chat"), more, mallory.session_hash)
-            assert again.status_code == 429
-            assert again.json()["detail"] == EN.session_queue_full.format(limit=1)
-            # Everyone else still gets in line, and is served.
-            others = [Client(url, verbose=False) for _ in range(3)]
-            jobs = [
-                client.submit({"text": f"user {i}", "files": []}, api_name="/chat") for i, client in enumerate(others)
-            ]
-            time.sleep(0.5)
-            assert not any(job.done() for job in jobs)
-            gate.set()
-            for i, job in enumerate(jobs):
-                assert user_texts(job.result(timeout=30)[0]) == [f"user {i}"]
-            assert len(backend.calls) == 5  # mallory's running and waiting ones, and the three others
-        finally:
-            gate.set()
+    with gated_server(fake_backend, limits) as (backend, gate, url):
+        mallory = Client(url, verbose=False)
+        flood = [mallory.submit({"text": f"flood {i}", "files": []}, api_name="/chat") for i in range(20)]
+        wait_for(lambda: len(backend.calls) == 1 and sum(job.done() for job in flood) >= 18)
+        refusals = []
+        for job in flood:
+            if job.done():
+                with pytest.raises(httpx.HTTPStatusError) as refused:
+                    job.result()
+                refusals.append(refused.value.response)
+        assert len(refusals) == 18 and {response.status_code for response in refusals} == {429}
+        more = [{"text": "one more", "files": []}, None, "sys", 0.9, 0, 8, 1.1]
+        again = join(url, fn_index(url, "chat"), more, mallory.session_hash)
+        assert again.status_code == 429
+        assert again.json()["detail"] == EN.session_queue_full.format(limit=1)
+        # Everyone else still gets in line, and is served.
+        others = [Client(url, verbose=False) for _ in range(3)]
+        jobs = [client.submit({"text": f"user {i}", "files": []}, api_name="/chat") for i, client in enumerate(others)]
+        time.sleep(0.5)
+        assert not any(job.done() for job in jobs)
+        gate.set()
+        for i, job in enumerate(jobs):
+            assert user_texts(job.result(timeout=30)[0]) == [f"user {i}"]
+        assert len(backend.calls) == 5  # mallory's running and waiting ones, and the three others
 
 
 def test_one_address_cannot_take_the_queue(fake_backend):
-    gate = threading.Event()
-    backend = fake_backend(gate=gate)
-    limits = Limits(queue_size=8, max_waiting_per_address=2)
-    app = build_app(backend, lang="en", limits=limits)
-    with served(app, limits=limits) as url:
-        try:
-            chat = fn_index(url, "chat")
-            sessions = [uuid.uuid4().hex for _ in range(4)]
+    with gated_server(fake_backend, Limits(queue_size=8, max_waiting_per_address=2)) as (backend, _, url):
+        chat = fn_index(url, "chat")
+        sessions = [uuid.uuid4().hex for _ in range(4)]
 
-            def message(text):
-                return [{"text": text, "files": []}, None, "sys", 0.9, 0, 8, 1.1]
+        def message(text):
+            return [{"text": text, "files": []}, None, "sys", 0.9, 0, 8, 1.1]
 
-            assert join(url, chat, message("a"), sessions[0]).status_code == 200
-            wait_for(lambda: len(backend.calls) == 1)
-            assert join(url, chat, message("b"), sessions[1]).status_code == 200
-            assert join(url, chat, message("c"), sessions[2]).status_code == 200
-            refused = join(url, chat, message("d"), sessions[3])
-            assert refused.status_code == 429
-            assert refused.json()["detail"] == EN.address_queue_full.format(limit=2)
-        finally:
-            gate.set()
+        assert join(url, chat, message("a"), sessions[0]).status_code == 200
+        wait_for(lambda: len(backend.calls) == 1)
+        assert join(url, chat, message("b"), sessions[1]).status_code == 200
+        assert join(url, chat, message("c"), sessions[2]).status_code == 200
+        refused = join(url, chat, message("d"), sessions[3])
+        assert refused.status_code == 429
+        assert refused.json()["detail"] == EN.address_queue_full.format(limit=2)
 
 
 def test_stop_cancels_a_waiting_request_through_the_api(fake_backend):
-    gate = threading.Event()
-    backend = fake_backend(gate=gate)
-    app = build_app(backend, lang="en")
-    with served(app) as url:
-        try:
-            alice, bob = Client(url, verbose=False), Client(url, verbose=False)
-            bob_job = bob.submit({"text": "bob", "files": []}, api_name="/chat")
-            wait_for(lambda: len(backend.calls) == 1)
-            alice_job = alice.submit({"text": "alice", "files": []}, api_name="/chat")
-            time.sleep(0.5)  # alice's request is waiting behind bob's
-            alice.predict(api_name="/stop")
-            with pytest.raises(AppError, match="never started"):
-                alice_job.result(timeout=20)
-            gate.set()
-            assert user_texts(bob_job.result(timeout=20)[0]) == ["bob"]
-            time.sleep(0.5)
-            assert len(backend.calls) == 1  # alice's request never reached the model
-            history, _ = alice.predict({"text": "alice again", "files": []}, api_name="/chat")
-            assert user_texts(history) == ["alice again"]
-        finally:
-            gate.set()
+    with gated_server(fake_backend) as (backend, gate, url):
+        alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+        bob_job = bob.submit({"text": "bob", "files": []}, api_name="/chat")
+        wait_for(lambda: len(backend.calls) == 1)
+        alice_job = alice.submit({"text": "alice", "files": []}, api_name="/chat")
+        time.sleep(0.5)  # alice's request is waiting behind bob's
+        alice.predict(api_name="/stop")
+        with pytest.raises(AppError, match="never started"):
+            alice_job.result(timeout=20)
+        gate.set()
+        assert user_texts(bob_job.result(timeout=20)[0]) == ["bob"]
+        time.sleep(0.5)
+        assert len(backend.calls) == 1  # alice's request never reached the model
+        history, _ = alice.predict({"text": "alice again", "files": []}, api_name="/chat")
+        assert user_texts(history) == ["alice again"]
 
 
 def test_unencodable_text_is_refused_and_the_conversation_survives(fake_backend):
@@ -386,17 +345,10 @@ def test_thin_and_tall_images_take_bounded_memory(fused_model_dir, tmp_path):
 
 
 def test_the_simple_call_api_is_capped_too(fake_backend):
-    gate = threading.Event()
-    backend = fake_backend(gate=gate)
-    limits = Limits(queue_size=8, max_waiting_per_address=2)
-    app = build_app(backend, lang="en", limits=limits)
-    with served(app, limits=limits) as url:
-        try:
-            data = {"data": [{"text": "call", "files": []}, "sys", 0.9, 0, 8, 1.1]}
-            statuses = [httpx.post(f"{url}gradio_api/call/chat", json=data).status_code for _ in range(6)]
-            # One running (once the first reaches the model) and two waiting; the rest refused.
-            assert statuses.count(200) <= 3 and statuses[-1] == 429
-            refused = httpx.post(f"{url}gradio_api/call/v2/chat", json={"message": {"text": "v2", "files": []}})
-            assert refused.status_code == 429
-        finally:
-            gate.set()
+    with gated_server(fake_backend, Limits(queue_size=8, max_waiting_per_address=2)) as (_, _, url):
+        data = {"data": [{"text": "call", "files": []}, "sys", 0.9, 0, 8, 1.1]}
+        statuses = [httpx.post(f"{url}gradio_api/call/chat", json=data).status_code for _ in range(6)]
+        # One running (once the first reaches the model) and two waiting; the rest refused.
+        assert statuses.count(200) <= 3 and statuses[-1] == 429
+        refused = httpx.post(f"{url}gradio_api/call/v2/chat", json={"message": {"text": "v2", "files": []}})
+        assert refused.status_code == 429

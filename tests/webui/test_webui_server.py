@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -14,26 +13,13 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
 from repo_helpers import free_port
+from webui_helpers import answer_of, gated_server, served, user_texts, wait_for
 
 from webui.app import Limits, build_app
 from webui.backend import GenerationParams
 from webui.engine import ModelBackend
-from webui.server import serve
 
 pytestmark = pytest.mark.slow
-
-
-def launch(app, **settings) -> str:
-    _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True, **settings)
-    return url
-
-
-def answer_of(history) -> str:
-    return history[-1]["content"][0]["text"]
-
-
-def user_texts(history) -> list[str]:
-    return [part["text"] for m in history if m["role"] == "user" for part in m["content"] if part["type"] == "text"]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +31,8 @@ def model_server(fused_model_dir):
         limits=Limits(max_file_size="1mb"),
         defaults=GenerationParams(temperature=0, max_new_tokens=32),
     )
-    url = launch(app, limits=Limits(max_file_size="1mb"), blocked_paths=[fused_model_dir])
-    yield url
-    app.close()
+    with served(app, limits=Limits(max_file_size="1mb"), blocked_paths=[fused_model_dir]) as url:
+        yield url
 
 
 def test_file_routes_serve_uploads_and_nothing_else(model_server, fused_model_dir, tmp_path, images):
@@ -118,17 +103,10 @@ def test_bad_images_get_a_clean_error_and_the_server_stays_up(model_server, imag
 
 
 def test_full_queue_answers_busy_and_recovers(fake_backend):
-    gate = threading.Event()
-    backend = fake_backend(gate=gate)
-    limits = Limits(queue_size=1)
-    app = build_app(backend, lang="en", limits=limits)
-    url = launch(app, limits=limits)
-    try:
+    with gated_server(fake_backend, Limits(queue_size=1)) as (backend, gate, url):
         clients = [Client(url, verbose=False) for _ in range(3)]
         running = clients[0].submit({"text": "first", "files": []}, api_name="/chat")
-        deadline = time.monotonic() + 20
-        while not backend.calls and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: backend.calls)
         assert len(backend.calls) == 1  # the model is busy with the first request
         waiting = clients[1].submit({"text": "second", "files": []}, api_name="/chat")
         time.sleep(0.5)
@@ -140,21 +118,15 @@ def test_full_queue_answers_busy_and_recovers(fake_backend):
         assert user_texts(waiting.result(timeout=20)[0]) == ["second"]
         history, _ = clients[2].predict({"text": "third again", "files": []}, api_name="/chat")
         assert answer_of(history).startswith("echo#3: third again")
-    finally:
-        gate.set()
-        app.close()
 
 
 def test_api_stop_ends_only_the_callers_answer(fake_backend):
     backend = fake_backend(words=300, delay=0.01)
     app = build_app(backend, lang="en")
-    url = launch(app)
-    try:
+    with served(app) as url:
         alice, bob = Client(url, verbose=False), Client(url, verbose=False)
         alice_job = alice.submit({"text": "alice", "files": []}, api_name="/chat")
-        deadline = time.monotonic() + 20
-        while (not backend.calls or backend.calls[0]["pieces"] < 5) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: backend.calls and backend.calls[0]["pieces"] >= 5)
         bob_job = bob.submit({"text": "bob", "files": []}, api_name="/chat")  # waits: one generation at a time
         alice.predict(api_name="/stop")
         alice_answer = answer_of(alice_job.result(timeout=20)[0])
@@ -162,8 +134,6 @@ def test_api_stop_ends_only_the_callers_answer(fake_backend):
         assert backend.calls[0]["stopped"] and alice_answer.startswith("echo#1: alice") and len(alice_answer) < 600
         assert not backend.calls[1]["stopped"] and bob_answer.endswith("word " * 5)
         assert backend.calls[1]["pieces"] == 303
-    finally:
-        app.close()
 
 
 def test_out_of_memory_answers_an_error_then_works(fake_backend):
@@ -171,21 +141,17 @@ def test_out_of_memory_answers_an_error_then_works(fake_backend):
 
     backend = fake_backend(fail=[torch.OutOfMemoryError("CUDA out of memory"), None])
     app = build_app(backend, lang="en")
-    url = launch(app)
-    try:
+    with served(app) as url:
         client = Client(url, verbose=False)
         with pytest.raises(AppError, match="Out of memory"):
             client.predict({"text": "first", "files": []}, api_name="/chat")
         history, _ = client.predict({"text": "second", "files": []}, api_name="/chat")
         assert answer_of(history).startswith("echo#2: second")
-    finally:
-        app.close()
 
 
 def test_auth_is_required_when_set(fake_backend):
     app = build_app(fake_backend(), lang="en")
-    url = launch(app, auth=("alice", "s3cret-but-longer"))
-    try:
+    with served(app, auth=("alice", "s3cret-but-longer")) as url:
         assert httpx.get(f"{url}config").status_code == 401
         assert httpx.post(f"{url}login", data={"username": "alice", "password": "wrong"}).status_code in (400, 401)
         with pytest.raises(AuthenticationError, match="credentials were not provided"):
@@ -195,8 +161,6 @@ def test_auth_is_required_when_set(fake_backend):
         client = Client(url, auth=("alice", "s3cret-but-longer"), verbose=False)
         history, _ = client.predict({"text": "hi", "files": []}, api_name="/chat")
         assert answer_of(history).startswith("echo#1: hi")
-    finally:
-        app.close()
 
 
 def test_cli_serves_a_model_on_loopback(fused_model_dir):
