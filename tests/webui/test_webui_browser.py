@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from repo_helpers import free_port
+from webui_helpers import gated_server, served, wait_for
 
 from webui.app import build_app
 from webui.backend import GenerationParams
 from webui.engine import ModelBackend
-from webui.server import serve
 
 pytestmark = pytest.mark.slow
 
@@ -75,9 +74,8 @@ class PacedBackend:
 def server_url(chromium, fused_model_dir):
     backend = PacedBackend(ModelBackend.from_pretrained(fused_model_dir), seconds_per_piece=0.005)
     app = build_app(backend, defaults=GenerationParams(temperature=0, max_new_tokens=160), model_name="demo", demo=True)
-    _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield url
-    app.close()
+    with served(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -133,19 +131,11 @@ def set_slider(page, elem_id: str, value) -> None:
 
 def test_stop_in_the_browser_cancels_a_waiting_request(browser, fake_backend):
     """Stop pressed while the request still waits behind another user's: it never reaches the model."""
-    import threading
-
     from gradio_client import Client
 
-    gate = threading.Event()
-    backend = fake_backend(gate=gate)
-    app = build_app(backend, lang="en")
-    _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
+    with gated_server(fake_backend) as (backend, gate, url):
         busy = Client(url, verbose=False).submit({"text": "someone else", "files": []}, api_name="/chat")
-        deadline = time.monotonic() + 20
-        while not backend.calls and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: backend.calls)
         page = open_page(browser, url)
         page.fill("#message textarea", "waiting in line")
         page.keyboard.press("Enter")
@@ -161,9 +151,6 @@ def test_stop_in_the_browser_cancels_a_waiting_request(browser, fake_backend):
         assert [call["messages"][-1]["content"][-1]["text"] for call in backend.calls] == ["someone else"]
         send(page, "after stop")  # the page is usable again
         assert user_texts(page) == ["after stop"]
-    finally:
-        gate.set()
-        app.close()
 
 
 def test_chat_in_the_browser(server_url, browser, tmp_path):
