@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_helpers import CPU_FLAGS, llava_records, step_logs, trainer_state, write_images, write_json
+from trainer_helpers import (
+    CPU_FLAGS,
+    llava_records,
+    mark_history,
+    resumed_from_marked,
+    step_logs,
+    write_images,
+    write_json,
+)
 
 from yuren_trainer.checkpoints import COMPLETE_MARKER
 from yuren_trainer.projector import PROJECTOR_FILE
@@ -36,15 +43,11 @@ def run_whole_and_resumed(run: Callable[[Path], None], tmp_path: Path) -> tuple[
     resumed = tmp_path / "resumed"
     shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
     assert (resumed / "checkpoint-2" / COMPLETE_MARKER).is_file()
-    # Tag the history kept in checkpoint-2, to see it come back when training resumes from there.
-    state_file = resumed / "checkpoint-2" / "trainer_state.json"
-    state = json.loads(state_file.read_text())
-    state["log_history"][0]["resumed_from_here"] = True
-    state_file.write_text(json.dumps(state))
+    mark_history(resumed / "checkpoint-2")
     run(resumed)
 
     assert [s for s, *_ in step_logs(whole)] == [1, 2, 3, 4]
-    assert trainer_state(resumed)["log_history"][0].get("resumed_from_here") is True
+    assert resumed_from_marked(resumed)
     assert step_logs(resumed) == step_logs(whole)
     return whole, resumed
 

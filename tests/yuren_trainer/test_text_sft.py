@@ -9,7 +9,14 @@ import pytest
 import torch
 from repo_helpers import PROJECT_DATA
 from safetensors.torch import load_file
-from trainer_helpers import MEMORY_CONVERSATIONS, run_text_sft, trainer_state, write_json
+from trainer_helpers import (
+    MEMORY_CONVERSATIONS,
+    mark_history,
+    resumed_from_marked,
+    run_text_sft,
+    trainer_state,
+    write_json,
+)
 
 from yuren_core.chatml import render
 from yuren_trainer.checkpoints import COMPLETE_MARKER
@@ -67,17 +74,13 @@ def test_an_interrupted_run_resumes_to_the_same_weights(prepared_base, tmp_path)
     shutil.copytree(whole / "checkpoint-6", resumed / "checkpoint-6")
     (resumed / "checkpoint-6" / COMPLETE_MARKER).unlink()
     (resumed / "checkpoint-6" / "model.safetensors").write_bytes(b"truncated")
-    # Tag the history kept in checkpoint-3, to see it come back when training resumes from there.
-    state_file = resumed / "checkpoint-3" / "trainer_state.json"
-    state = json.loads(state_file.read_text())
-    state["log_history"][0]["resumed_from_here"] = True
-    state_file.write_text(json.dumps(state))
+    mark_history(resumed / "checkpoint-3")
 
     run_text_sft(*flags, "--output_dir", str(resumed))
 
     resumed_state = trainer_state(resumed)
     assert resumed_state["global_step"] == 6
-    assert resumed_state["log_history"][0].get("resumed_from_here") is True
+    assert resumed_from_marked(resumed)
     assert (resumed / "incomplete-checkpoint-6").is_dir()
     expected, got = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     base = load_file(prepared_base / "model.safetensors")

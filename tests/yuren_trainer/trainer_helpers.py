@@ -59,6 +59,19 @@ def trainer_state(output_dir: Path) -> dict:
     return json.loads((Path(output_dir) / "trainer_state.json").read_text())
 
 
+def mark_history(checkpoint: Path) -> None:
+    """Tag the first entry of the history kept in ``checkpoint``: a run resumed from it carries the tag on."""
+    state_file = Path(checkpoint) / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["log_history"][0]["resumed_from_here"] = True
+    state_file.write_text(json.dumps(state))
+
+
+def resumed_from_marked(output_dir: Path) -> bool:
+    """Whether the run in ``output_dir`` took up the history of a checkpoint :func:`mark_history` tagged."""
+    return trainer_state(output_dir)["log_history"][0].get("resumed_from_here") is True
+
+
 def step_logs(output_dir: Path) -> list[tuple]:
     """Per logged training step of the run in ``output_dir``: (step, loss, grad_norm, learning_rate)."""
     return [
