@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,11 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
+from repo_helpers import free_port
+from webui_helpers import served
 
 from webui.app import Limits, build_app
 from webui.backend import GenerationParams, PromptTooLong
 from webui.openai_backend import OpenAIBackend, ServerError, openai_messages, tokenize_url
-from webui.server import serve
 
 
 def fake_token_count(messages: list[dict]) -> int:
@@ -262,19 +262,12 @@ def test_server_that_cannot_count_gets_the_history_whole_and_the_reason_is_kept(
     assert server.requests[-1]["messages"] == openai_messages(messages, images)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ui_over_the_server_answers_through_gradio_client(fake_openai, tmp_path):
     server = fake_openai(words=3)
     backend = OpenAIBackend(server.url)
     app = build_app(backend, lang="en", limits=Limits(), defaults=GenerationParams(temperature=0, max_new_tokens=16))
-    _, url, _ = serve(app, server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
+    with served(app) as url:
         picture = tmp_path / "blue.png"
         Image.new("RGB", (8, 8), (0, 0, 255)).save(picture)
         client = Client(url, verbose=False)
@@ -293,8 +286,6 @@ def test_ui_over_the_server_answers_through_gradio_client(fake_openai, tmp_path)
 
         client.predict(api_name="/retry")
         assert server.requests[-1]["messages"] == second
-    finally:
-        app.close()
 
 
 def test_cli_refuses_a_key_file_without_api_base(tmp_path, capsys):
