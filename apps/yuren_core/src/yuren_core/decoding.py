@@ -9,6 +9,15 @@ passed in, sampling with transformers' own logits processors so that the
 settings mean what they mean in ``generate``. Tokens come back as a plain
 iterator in the caller's thread; :class:`TextDeltas` turns them into text.
 
+A decode step of a LLaMA stack calls its decoder layers directly (see
+:meth:`Decoder.lean_supported`): one new token with no padding attends to the
+whole cache, so it needs no mask (``attention_mask=None``), and its rotary
+embedding is one row of a table computed once per answer. That skips what
+``LlamaModel.forward`` does per call for the general case (mask building,
+rotary for the step, output capture and config-default wrappers, the output
+dataclass), the same layers doing the same arithmetic. Other stacks and
+settings take the general path: ``model.model`` with the step's position.
+
 ``compile=True`` decodes on a :class:`~transformers.StaticCache` with the
 step function under ``torch.compile`` (fixed shapes: one graph for every
 step); it pays where per-step Python overhead, not arithmetic, limits batch-1
@@ -28,6 +37,11 @@ from transformers import (
     TopPLogitsWarper,
 )
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.models.llama.modeling_llama import LlamaModel
+
+# Attention implementations that read a missing mask as "attend to every key" for a one-token query
+# (sdpa turns off is_causal for a single query; eager adds no mask); flash / flex take other inputs.
+MASKLESS_ATTENTION = ("sdpa", "eager")
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -103,6 +117,24 @@ class Decoder:
         # On a GPU, CUDA graphs replay the whole step without launching its kernels one by one from Python.
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self._step = torch.compile(self._decode_step, dynamic=False, mode=mode) if compile else self._decode_step
+        self.lean = not compile and self.lean_supported(model)
+
+    @staticmethod
+    def lean_supported(model) -> bool:
+        """Whether eager decode steps can call the decoder layers of ``model`` directly (else: ``model.model``).
+
+        Holds for transformers' ``LlamaModel`` (exactly: subclasses may change the
+        forward) with sdpa or eager attention and the default rotary embedding,
+        whose values depend on the position alone. Not for flash / flex attention
+        (their inputs are not a plain mask) nor for dynamic or long-context rotary
+        variants (their tables change with the sequence length).
+        """
+        config = model.config.get_text_config(decoder=True)
+        return (
+            type(getattr(model, "model", None)) is LlamaModel
+            and config._attn_implementation in MASKLESS_ATTENTION
+            and config.rope_parameters.get("rope_type", "default") == "default"
+        )
 
     @torch.inference_mode()
     def _new_cache(self, capacity: int) -> Cache:
@@ -128,6 +160,29 @@ class Decoder:
         hidden = self.model.model(input_ids=token, position_ids=position, cache=cache, use_cache=True)
         return self.model.lm_head(hidden.last_hidden_state[:, -1, :])
 
+    def _lean_step(self, token: torch.Tensor, position: int, cache, rotary) -> torch.Tensor:
+        """``_decode_step`` for a ``LlamaModel`` stack: its layers called directly, without a mask (one query).
+
+        ``rotary`` is :meth:`_rotary_table` covering ``position``.
+        """
+        stack = self.model.model
+        hidden = stack.embed_tokens(token)
+        cos, sin = rotary
+        position_embeddings = (cos[:, position : position + 1], sin[:, position : position + 1])
+        for layer in stack.layers[: stack.config.num_hidden_layers]:
+            hidden = layer(
+                hidden, attention_mask=None, position_embeddings=position_embeddings, cache=cache, use_cache=True
+            )
+        return self.model.lm_head(stack.norm(hidden)[:, -1, :])
+
+    @torch.inference_mode()
+    def _rotary_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stack's own rotary embedding (cos, sin) for positions ``0 .. length - 1``, in the hidden dtype."""
+        stack = self.model.model
+        like = stack.embed_tokens.weight[:1]
+        positions = torch.arange(length, device=like.device)[None]
+        return stack.rotary_emb(like, position_ids=positions)
+
     @torch.inference_mode()
     def _prefill(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, cache) -> torch.Tensor:
         kwargs = {"pixel_values": pixel_values} if pixel_values is not None else {}
@@ -136,8 +191,10 @@ class Decoder:
         return out.logits[:, -1, :]
 
     @torch.inference_mode()
-    def _next(self, token: int, position: int, cache) -> torch.Tensor:
+    def _next(self, token: int, position: int, cache, rotary=None) -> torch.Tensor:
         device = self.device
+        if rotary is not None:
+            return self._lean_step(torch.tensor([[token]], device=device), position, cache, rotary).float()
         return self._step(
             torch.tensor([[token]], device=device), torch.tensor([[position]], device=device), cache
         ).float()
@@ -178,6 +235,7 @@ class Decoder:
         cache = self._new_cache(len(input_ids) + max_new_tokens)
         if should_stop():
             return
+        rotary = self._rotary_table(len(input_ids) + max_new_tokens) if self.lean else None
         logits = self._prefill(history[:, :length], pixel_values, cache).float()
         for step in range(max_new_tokens):
             scores = processors(history[:, :length], logits)
@@ -192,7 +250,7 @@ class Decoder:
             yield token
             if step == max_new_tokens - 1 or should_stop():
                 return
-            logits = self._next(token, length - 1, cache)
+            logits = self._next(token, length - 1, cache, rotary)
 
 
 class TextDeltas:
