@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from yuren_core.decoding import Decoder, PreallocatedLayer, TextDeltas
 from yuren_core.loading import load_model
@@ -92,3 +93,92 @@ def test_text_deltas_concatenate_to_the_whole_decode(tokenizer):
     assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
     assert sum(1 for piece in pieces if piece) > len(ids) // 2  # streamed, not held to the end
     assert all("\ufffd" not in piece for piece in pieces)
+
+
+def logits_of_each_step(decoder, input_ids, pixel_values, max_new_tokens):
+    """The decoder's greedy tokens and the raw logits of every decode step (the prompt's excluded)."""
+    steps = []
+    forward = decoder._next
+
+    def recorded(*args):
+        steps.append(forward(*args))
+        return steps[-1]
+
+    decoder._next = recorded
+    tokens = list(decoder.tokens(input_ids, pixel_values=pixel_values, max_new_tokens=max_new_tokens))
+    return tokens, steps
+
+
+def generated_logits(model, input_ids, pixel_values, max_new_tokens):
+    ids = torch.tensor([input_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=pixel_values,
+            eos_token_id=[],
+            pad_token_id=0,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return out.sequences[0, len(input_ids) :].tolist(), [step.float() for step in out.logits[1:]]
+
+
+def assert_lean_steps_equal_generate(model, input_ids, pixel_values, max_new_tokens=16):
+    decoder = Decoder(model)
+    assert decoder.lean
+    tokens, logits = logits_of_each_step(decoder, input_ids, pixel_values, max_new_tokens)
+    expected_tokens, expected_logits = generated_logits(model, input_ids, pixel_values, max_new_tokens)
+    assert tokens == expected_tokens
+    assert len(logits) == len(expected_logits) == max_new_tokens - 1
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(logits, expected_logits, strict=True))
+
+
+def test_lean_steps_give_generates_logits_exactly_with_an_image(served):
+    model, _, _ = served
+    assert_lean_steps_equal_generate(model, image_prompt(model.config), PIXELS)
+    # The static cache of the compiled path holds unfilled slots, which only a mask keeps out.
+    assert not Decoder(model, compile=True).lean
+
+
+def test_lean_steps_give_generates_logits_exactly_after_a_long_prompt(served):
+    model, _, _ = served
+    prompt = torch.randint(5, 1000, (1500,), generator=torch.Generator().manual_seed(1)).tolist()
+    assert_lean_steps_equal_generate(model, prompt, None, max_new_tokens=24)
+
+
+def test_lean_steps_give_generates_logits_exactly_with_eager_attention(fused_model_dir):
+    model, _, _ = load_model(fused_model_dir)
+    model.set_attn_implementation("eager")
+    assert_lean_steps_equal_generate(model, image_prompt(model.config), PIXELS)
+
+
+def test_lean_steps_give_generates_logits_exactly_in_8bit(fused_model_dir):
+    model, _, _ = load_model(fused_model_dir, load_8bit=True)
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.int8
+    assert_lean_steps_equal_generate(model, image_prompt(model.config), PIXELS)
+
+
+def test_stacks_the_lean_step_cannot_serve_take_the_general_path():
+    """A rotary table that changes with the sequence length (dynamic scaling past 16 positions) is declined."""
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0},
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    decoder = Decoder(model)
+    assert not decoder.lean
+    prompt = [3, 9, 4, 12, 7, 30, 2, 5]
+    tokens, logits = logits_of_each_step(decoder, prompt, None, max_new_tokens=24)
+    expected_tokens, expected_logits = generated_logits(model, prompt, None, 24)
+    assert tokens == expected_tokens
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(logits, expected_logits, strict=True))
