@@ -118,6 +118,8 @@ class Decoder:
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self._step = torch.compile(self._decode_step, dynamic=False, mode=mode) if compile else self._decode_step
         self.lean = not compile and self.lean_supported(model)
+        # Slicing a ModuleList builds a new module: done once here, not per step as LlamaModel.forward does.
+        self._layers = tuple(model.model.layers[: model.model.config.num_hidden_layers]) if self.lean else ()
 
     @staticmethod
     def lean_supported(model) -> bool:
@@ -169,7 +171,7 @@ class Decoder:
         hidden = stack.embed_tokens(token)
         cos, sin = rotary
         position_embeddings = (cos[:, position : position + 1], sin[:, position : position + 1])
-        for layer in stack.layers[: stack.config.num_hidden_layers]:
+        for layer in self._layers:
             hidden = layer(
                 hidden, attention_mask=None, position_embeddings=position_embeddings, cache=cache, use_cache=True
             )
@@ -238,7 +240,10 @@ class Decoder:
         rotary = self._rotary_table(len(input_ids) + max_new_tokens) if self.lean else None
         logits = self._prefill(history[:, :length], pixel_values, cache).float()
         for step in range(max_new_tokens):
-            scores = processors(history[:, :length], logits)
+            # Each processor called as the list would, minus the list's per-call signature inspection.
+            scores = logits
+            for processor in processors:
+                scores = processor(history[:, :length], scores)
             if greedy:
                 token = int(scores.argmax(dim=-1))
             else:
