@@ -22,7 +22,8 @@ decode greedily and must produce the same text.
 Reported per way (median of ``--repeats`` interleaved runs): time to first
 token (first text the caller receives) and tokens per second over the whole
 answer. A cProfile of each way splits the time per token into the model's
-decoder stack (``LlamaModel.forward``) and everything around it (sampling, streaming, bookkeeping).
+decoder layers (``LlamaDecoderLayer.forward``, the same calls in every way) and
+everything around them (the stack's per-call work, sampling, streaming, bookkeeping).
 
     uv run python benchmarks/generation.py            # ~3 minutes on 2 cores
     uv run python benchmarks/generation.py --compile  # plus the compiled static-cache path
@@ -52,7 +53,7 @@ from transformers import (
     TextIteratorStreamer,
     TopPLogitsWarper,
 )
-from transformers.models.llama.modeling_llama import LlamaModel
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from webui.backend import GenerationParams
 from webui.engine import ModelBackend
@@ -145,11 +146,12 @@ def generate_before(
 
 
 def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
-    """cProfile ``run()`` (calling thread only): time in the decoder stack against everything around it.
+    """cProfile ``run()`` (calling thread only): time in the decoder layers against everything around them.
 
-    Returns the ms per new token inside ``LlamaModel.forward`` (the layers, for prompt and
-    answer) and outside it, and the Python functions outside the model with the most own time
-    (ms per token).
+    Returns the ms per new token inside ``LlamaDecoderLayer.forward`` (for prompt and answer;
+    the web UI's decode steps call the layers without ``LlamaModel.forward``, so the layers are
+    the part every way shares) and outside it, and the Python functions outside the model with
+    the most own time (ms per token).
     """
     profiler = cProfile.Profile()
     profiler.enable()
@@ -157,11 +159,11 @@ def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
     profiler.disable()
     stats = pstats.Stats(profiler).stats
     total = sum(entry[2] for entry in stats.values())
-    stack = inspect.unwrap(LlamaModel.forward).__code__
+    layer = inspect.unwrap(LlamaDecoderLayer.forward).__code__
     model = sum(
         entry[3]
         for (file, line, name), entry in stats.items()
-        if file == stack.co_filename and line == stack.co_firstlineno and name == "forward"
+        if file == layer.co_filename and line == layer.co_firstlineno and name == "forward"
     )
     inside_model = ("torch/nn/", "models/llama/", "yuren_core/modeling.py", "transformers/integrations/", "cache_utils")
     outside = sorted(
@@ -174,8 +176,8 @@ def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
     )
     per_token = 1e3 / new_tokens
     return {
-        "ms_per_token_in_model_forward": round(model * per_token, 3),
-        "ms_per_token_outside_model_forward": round((total - model) * per_token, 3),
+        "ms_per_token_in_decoder_layers": round(model * per_token, 3),
+        "ms_per_token_outside_decoder_layers": round((total - model) * per_token, 3),
         "top_python_outside_model_ms_per_token": {key: round(s * per_token, 4) for key, s in outside[:limit]},
     }
 
@@ -305,12 +307,12 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print_table(
         "Where the time goes (cProfile, calling thread; the previous path profiled as its generate call)",
-        ["way", "ms/token in decoder stack", "ms/token outside it", "top Python outside the model (ms/token)"],
+        ["way", "ms/token in decoder layers", "ms/token outside them", "top Python outside the model (ms/token)"],
         [
             [
                 name,
-                p["ms_per_token_in_model_forward"],
-                p["ms_per_token_outside_model_forward"],
+                p["ms_per_token_in_decoder_layers"],
+                p["ms_per_token_outside_decoder_layers"],
                 ", ".join(f"{k} {v}" for k, v in list(p["top_python_outside_model_ms_per_token"].items())[:3]),
             ]
             for name, p in profiles.items()
