@@ -2,8 +2,9 @@
 
 * ``web UI``: ``webui.engine.ModelBackend.stream``: the prompt rendered by
   ``yuren_core.chatml``, decoded by ``yuren_core.decoding.Decoder`` in the
-  caller's thread (one forward of the decoder stack per token, logits of the
-  last prompt position only), streamed by ``TextDeltas``: what a browser receives;
+  caller's thread (per new token one call of each decoder layer, without
+  ``LlamaModel.forward``'s per-call mask and rotary work; logits of the last
+  prompt position only), streamed by ``TextDeltas``: what a browser receives;
   with ``--compile`` also the same path on a static cache with ``torch.compile``;
 * ``web UI before``: what ``ModelBackend.stream`` did until the decoder
   replaced it: ``model.generate`` in a worker thread feeding a
