@@ -103,7 +103,8 @@ class Decoder:
     cache and a compiled decode step. Static caches come in sizes of whole
     multiples of ``STATIC_CACHE_STEP`` tokens (at most ``max_cache_len``): attention
     reads the whole cache every step, so a short chat should not pay for the
-    full context, and each size compiles once.
+    full context, and each size compiles once. ``lean`` says whether eager
+    decode steps call the decoder layers directly (:meth:`lean_supported`).
     """
 
     STATIC_CACHE_STEP = 512
@@ -135,7 +136,7 @@ class Decoder:
         return (
             type(getattr(model, "model", None)) is LlamaModel
             and config._attn_implementation in MASKLESS_ATTENTION
-            and config.rope_parameters.get("rope_type", "default") == "default"
+            and (config.rope_parameters or {}).get("rope_type", "default") == "default"
         )
 
     @torch.inference_mode()
