@@ -128,8 +128,9 @@ def make_ways(columns: dict[str, list], tokenizer, batch_size: int, max_length: 
     packed_order = list(range(len(packed_rows)))
     random.Random(seed).shuffle(packed_order)
     packed_batches = batches_of(packed_order, batch_size)
-    packed_collator = PackedCollator(pad)
-    collated = [packed_collator([packed_rows[i] for i in b]) for b in packed_batches]
+    # --packing flattens each batch into one row (no padding); a dense mask needs the rows kept apart.
+    flattened = [PackedCollator(pad, flatten=True)([packed_rows[i] for i in b]) for b in packed_batches]
+    collated = [PackedCollator(pad)([packed_rows[i] for i in b]) for b in packed_batches]
     packed_real = [sum(packed["length"][i] for i in b) for b in packed_batches]
 
     grouped = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
@@ -146,7 +147,7 @@ def make_ways(columns: dict[str, list], tokenizer, batch_size: int, max_length: 
 
     segment = register_segment_attention()
     return [
-        Way(PACKED, segment, collated, packed_real),
+        Way(PACKED, segment, flattened, packed_real),
         Way(PACKED_DENSE, "sdpa", collated, packed_real),
         Way(
             UPSTREAM,

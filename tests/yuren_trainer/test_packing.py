@@ -118,3 +118,41 @@ def test_packed_loss_equals_unpacked_loss(model, tokenizer):
         unpacked_loss = model(**padded).loss
         packed_loss = model(**packed).loss
     torch.testing.assert_close(packed_loss, unpacked_loss, rtol=1e-5, atol=1e-5)
+
+
+def test_a_flattened_batch_pads_nothing_and_trains_as_the_padded_batch(prepared_base, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from yuren_trainer.segment_attention import use_for_packing
+
+    model = AutoModelForCausalLM.from_pretrained(prepared_base, dtype=torch.float32)
+    singles = rows(tokenizer)
+    pad = special_ids(tokenizer).pad
+    columns = {key: [row[key] for row in singles] for key in ("input_ids", "labels", "images")}
+    lengths = [len(r["input_ids"]) for r in singles]
+    packed_columns = pack_rows(columns, max_length=max(lengths) + min(lengths))
+    packed_rows = [
+        {key: packed_columns[key][i] for key in packed_columns} for i in range(len(packed_columns["length"]))
+    ]
+    # Several rows of different lengths (kept apart, they would pad), each holding several conversations.
+    assert len({len(row["input_ids"]) for row in packed_rows}) > 1
+    assert all(len(row["seq_lengths"]) > 1 for row in packed_rows)
+
+    flat = PackedCollator(pad, flatten=True)(packed_rows)
+    tokens = sum(len(r["input_ids"]) for r in singles)
+    assert flat["input_ids"].shape == (1, tokens) and padding_tokens(flat, pad) == (0, tokens)
+    lengths = [n for row in packed_rows for n in row["seq_lengths"]]
+    assert torch.equal(flat["position_ids"][0], torch.cat([torch.arange(n) for n in lengths]))
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    padded_loss, padded_grads = loss_and_grads(PaddingCollator(pad)(singles))
+    use_for_packing(model)
+    flat_loss, flat_grads = loss_and_grads(flat)
+    torch.testing.assert_close(flat_loss, padded_loss, rtol=0, atol=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(flat_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -6,7 +6,8 @@ gives the model ``position_ids`` that restart at 0 for every conversation, no
 ``attention_mask`` and ``use_cache=False``: transformers then derives a
 block-diagonal causal mask from the position ids, so no token attends across a
 conversation boundary.
-Its padding is one more such block, attending only to itself, with no labels.
+Its padding is one more such block, attending only to itself, with no labels;
+with ``flatten=True`` it puts the whole batch in one row and pads nothing.
 
 Rows may carry image paths (``images``); given an ``image_loader`` (paths in,
 ``[images, 3, H, W]`` tensor out) the collators add ``pixel_values`` in the
@@ -75,17 +76,35 @@ class PackedCollator(_Collator):
 
     Each row's ``seq_lengths`` gives the lengths of the conversations packed in
     it; a row without that column is a single conversation.
+
+    ``flatten=True`` puts the whole batch in one row of exactly its tokens: no
+    padding at all (a batch's rows are rarely all full; its last row can be
+    nearly empty). Only for attention that keeps conversations apart by their
+    position ids without building a mask over the row
+    (:mod:`yuren_trainer.segment_attention`, what ``--packing`` uses): a dense
+    mask over one long row costs the square of the batch's tokens.
     """
 
+    def __init__(
+        self,
+        pad_token_id: int,
+        *,
+        image_loader: ImageLoader | None = None,
+        pad_to_multiple_of: int | None = None,
+        flatten: bool = False,
+    ):
+        super().__init__(pad_token_id, image_loader=image_loader, pad_to_multiple_of=pad_to_multiple_of)
+        self.flatten = flatten
+
     def __call__(self, rows: Sequence[Mapping]) -> dict:
+        if self.flatten:
+            rows = [_concatenated(rows)]
         input_ids, labels = self._padded_ids_and_labels(rows)
         length = input_ids.shape[1]
         position_ids = torch.zeros_like(input_ids)
         for i, row in enumerate(rows):
             n = len(row["input_ids"])
-            seq_lengths = list(row.get("seq_lengths") or [n])
-            if sum(seq_lengths) != n:
-                raise ValueError(f"row {i}: seq_lengths {seq_lengths} do not add up to its {n} tokens")
+            seq_lengths = _seq_lengths(i, row)
             if length > n:
                 seq_lengths.append(length - n)
             position_ids[i] = torch.cat([torch.arange(k) for k in seq_lengths])
@@ -95,6 +114,26 @@ class PackedCollator(_Collator):
         # transformers derives the per-conversation mask from position ids only when no cache is in use.
         batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
         return self._add_images(batch, rows)
+
+
+def _concatenated(rows: Sequence[Mapping]) -> dict[str, list]:
+    """``rows`` as one row: tokens, labels and images in order, each row's conversations kept apart."""
+    joined: dict[str, list] = {"input_ids": [], "labels": [], "seq_lengths": [], "images": []}
+    for i, row in enumerate(rows):
+        joined["input_ids"] += row["input_ids"]
+        joined["labels"] += row["labels"]
+        joined["seq_lengths"] += _seq_lengths(i, row)
+        joined["images"] += row.get("images") or []
+    return joined
+
+
+def _seq_lengths(index: int, row: Mapping) -> list[int]:
+    """The lengths of the conversations packed in batch row ``index`` (checked against its tokens)."""
+    n = len(row["input_ids"])
+    seq_lengths = list(row.get("seq_lengths") or [n])
+    if sum(seq_lengths) != n:
+        raise ValueError(f"row {index}: seq_lengths {seq_lengths} do not add up to its {n} tokens")
+    return seq_lengths
 
 
 def padding_tokens(batch: Mapping[str, torch.Tensor], pad_token_id: int) -> tuple[int, int]:

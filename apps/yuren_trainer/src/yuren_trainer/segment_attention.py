@@ -89,17 +89,22 @@ def segment_attention_forward(
     # concatenation, where slicing the 4D tensors per conversation would allocate a full-size zero gradient per slice.
     starts = torch.nonzero(segment_starts(position_ids).flatten()).flatten().tolist() + [batch * length]
     lengths = [end - start for start, end in zip(starts[:-1], starts[1:], strict=True)]
-
-    def pieces(states: torch.Tensor):
-        flat = states.transpose(0, 1).reshape(states.shape[1], batch * length, head_dim)
-        return flat.split(lengths, dim=1)
-
+    # Token-major pieces ([tokens, heads, head_dim]) are views of the projections, and sdpa returns its output
+    # token-major for them: the pieces go in and the output comes out without a transposing copy either way.
     parts = [
-        F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=scaling, enable_gqa=gqa)[0]
-        for q, k, v in zip(pieces(query), pieces(key), pieces(value), strict=True)
-    ]
-    output = torch.cat(parts, dim=1).view(heads, batch, length, head_dim)
-    return output.permute(1, 2, 0, 3).contiguous(), None
+        F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+            is_causal=True, scale=scaling, enable_gqa=gqa,
+        )[0].transpose(0, 1)
+        for q, k, v in zip(*(_token_major(states).split(lengths) for states in (query, key, value)), strict=True)
+    ]  # fmt: skip
+    return torch.cat(parts).view(batch, length, heads, head_dim), None
+
+
+def _token_major(states: torch.Tensor) -> torch.Tensor:
+    """``[batch, heads, seq, head_dim]`` as ``[batch * seq, heads, head_dim]`` (a view for transformers' projections)."""
+    batch, heads, length, head_dim = states.shape
+    return states.transpose(1, 2).reshape(batch * length, heads, head_dim)
 
 
 def _varlen(query, key, value, position_ids, scaling, gqa) -> torch.Tensor:
@@ -109,14 +114,10 @@ def _varlen(query, key, value, position_ids, scaling, gqa) -> torch.Tensor:
     starts = torch.nonzero(segment_starts(position_ids).flatten()).flatten()
     cu_seqlens = torch.cat([starts, starts.new_tensor([batch * length])]).to(torch.int32)
     max_length = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-
-    def flat(states):
-        return states.transpose(1, 2).reshape(batch * length, states.shape[1], head_dim)
-
     output = varlen_attn(
-        flat(query),
-        flat(key),
-        flat(value),
+        _token_major(query),
+        _token_major(key),
+        _token_major(value),
         cu_seqlens,
         cu_seqlens,
         max_length,

@@ -68,7 +68,8 @@ def _log_stats(name: str, path: str, stats: TokenizeStats, dataset, data_args: D
     if data_args.packing:
         capacity = len(dataset) * data_args.model_max_length
         logger.info(
-            "%s: packed %d conversations into %d rows; %.1f%% of the rows' %d-token capacity is padding",
+            "%s: packed %d conversations into %d rows; %.1f%% of the rows' %d-token capacity is empty (never computed: "
+            "each batch is one row of its tokens)",
             name,
             stats.kept,
             len(dataset),
@@ -79,8 +80,10 @@ def _log_stats(name: str, path: str, stats: TokenizeStats, dataset, data_args: D
 
 def make_collator(data_args: DataArguments, pad_token_id: int, *, image_loader: ImageLoader | None = None):
     """The collator for ``--packing``: packed rows with position ids, or padded rows with an attention mask."""
-    collator = PackedCollator if data_args.packing else PaddingCollator
-    return collator(pad_token_id, image_loader=image_loader)
+    if data_args.packing:
+        # --packing runs per-conversation attention, so a batch's rows can be one row with no padding.
+        return PackedCollator(pad_token_id, image_loader=image_loader, flatten=True)
+    return PaddingCollator(pad_token_id, image_loader=image_loader)
 
 
 def check_data_images(files: list[str], data_args: ImageDataArguments, args) -> None:
