@@ -34,7 +34,7 @@ BUILD_LOG = "build.log"
 
 
 def ensure_demo_model(cache_dir: Path) -> Path:
-    """Return the demo checkpoint under ``cache_dir``, building it on first use (a minute or two on a CPU)."""
+    """Return the demo checkpoint under ``cache_dir``, building it on first use (a few minutes on a CPU)."""
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{ENTRY_PREFIX}{RECIPE.key()}"
     if (target / "config.json").is_file():
