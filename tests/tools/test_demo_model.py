@@ -31,10 +31,10 @@ def builds(monkeypatch):
             calls.pop()
             raise RuntimeError("training interrupted")
         run = TinyRun(Path(work_dir))
-        run.stage3.mkdir(parents=True)
-        (run.stage3 / "config.json").write_text(json.dumps({"model_type": "yuren", "recipe": recipe.key()}))
-        (run.stage3 / "trainer_state.json").write_text("{}")
-        (run.stage3 / "checkpoint-10").mkdir()
+        run.final.mkdir(parents=True)
+        (run.final / "config.json").write_text(json.dumps({"model_type": "yuren", "recipe": recipe.key()}))
+        (run.final / "trainer_state.json").write_text("{}")
+        (run.final / "checkpoint-10").mkdir()
         calls.append(recipe.key())
         return run
 

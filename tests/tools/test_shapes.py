@@ -4,7 +4,7 @@ import json
 
 from PIL import Image
 
-from make_tiny_model.shapes import COLOURS, colour_answer, write_dataset
+from make_tiny_model.shapes import COLOURS, colour_answer, write_dataset, write_yes_no_dataset, yes_no_question
 
 
 def test_dataset_records_match_their_images(tmp_path):
@@ -39,3 +39,22 @@ def test_seed_reproduces_and_another_seed_differs(tmp_path):
     image = "images/shape-1-00000.png"
     assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()
     assert a["conversations"].read_text() != c["conversations"].read_text()
+
+
+def test_yes_no_data_is_balanced_and_only_the_colour_asked_decides(tmp_path):
+    write_dataset(tmp_path, num_images=20, seed=3)
+    records = json.loads(write_yes_no_dataset(tmp_path, languages=("en",), seed=0).read_text())
+    captions = {r["image"]: r["truth"]["colour"] for r in json.loads((tmp_path / "captions.json").read_text())}
+    yes_no = [r for r in records if r["id"].startswith("yes-no-")]
+    # Per image: its own colour (yes) and another one (no); and its two colour questions from stage 3's data.
+    assert len(yes_no) == 40 and len(records) == 80
+    for image, colour in captions.items():
+        asked = {
+            r["conversations"][-2]["value"]: r["conversations"][-1]["value"] for r in yes_no if r["image"] == image
+        }
+        assert asked.pop(f"<image>\n{yes_no_question(colour, 'en')}") == "yes"
+        assert list(asked.values()) == ["no"] and colour_answer(colour, "en") not in next(iter(asked))
+    colour_records = [r for r in records if not r["id"].startswith("yes-no-")]
+    assert all(
+        r["conversations"][-1]["value"] == colour_answer(r["truth"]["colour"], r["id"][-2:]) for r in colour_records
+    )

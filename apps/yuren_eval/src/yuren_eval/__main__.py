@@ -3,15 +3,17 @@
 MMLU and C-Eval run through lm-evaluation-harness (model ``yuren``, prompts in
 the checkpoint's ChatML layout), zero-shot, by log-likelihood or by chain of
 thought (the seed's protocol). Image sets (POPE, MME, ScienceQA-IMG) are read
-from their own releases under --data_dir. Each benchmark writes
+in their own releases' layout: from --data_dir, or without it downloaded from
+the hub (lmms-lab/POPE, lmms-lab/MME, derek-thomas/ScienceQA) and converted
+to that layout once. Each benchmark writes
 ``NAME.json`` and ``NAME.md`` (and for MMLU / C-Eval a per-subject ``NAME.png``)
 to --output_dir.
 
 examples:
   evaluate dist/yuren-7b --tasks mmlu,ceval --protocol cot
   evaluate dist/yuren-7b --tasks mmlu --limit 5                  # a quick look
+  evaluate dist/yuren-7b --tasks pope,mme,scienceqa --zero_image_features     # image sets from the hub
   evaluate dist/yuren-7b --tasks mmlu,ceval,pope --data_dir /data/benchmarks   # offline
-  evaluate dist/yuren-7b --tasks pope --data_dir /data/benchmarks --zero_image_features
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from huggingface_hub.constants import HF_HOME
 
 from .image_sets import IMAGE_SETS, ImageSetError
 from .tasks import BENCHMARKS, PROTOCOLS
@@ -45,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data_dir", type=Path, default=None,
         help="local copies, one folder per task in the dataset's own format (mmlu/, ceval/, pope/, mme/, scienceqa/); "
-        "MMLU and C-Eval come from the hub without it",
+        "without it every set comes from the hub",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache_dir", type=Path, default=Path(HF_HOME) / "yuren-eval",
+        help="image sets from the hub: where their converted copies are kept (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--output_dir", type=Path, default=Path("eval-results"))
     parser.add_argument("--batch_size", default="1", help="lm-eval batch size (a number or 'auto')")
@@ -70,23 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in tasks if t not in TEXT_SETS + IMAGE_SETS]
     if unknown or not tasks:
         parser.error(f"unknown task(s) {unknown}; choose from {', '.join(TEXT_SETS + IMAGE_SETS)}")
-    if any(t in IMAGE_SETS for t in tasks) and args.data_dir is None:
-        parser.error("image sets are read from their own releases: pass --data_dir holding pope/, mme/, scienceqa/")
     if not Path(args.model, "config.json").is_file():
         parser.error(f"{args.model}/config.json not found: MODEL must be a saved YuRen checkpoint directory")
 
-    from .runner import run_image_set, run_text_benchmarks
+    from .runner import image_set_folder, run_image_set, run_text_benchmarks
 
     text = [t for t in tasks if t in TEXT_SETS]
     try:
+        # Image sets are found (or downloaded) first: a missing one stops the run before any model is loaded.
+        folders = {name: image_set_folder(args, name) for name in tasks if name in IMAGE_SETS}
         model = None
         if text:
             lm, reports = run_text_benchmarks(args, text)
             model = (lm.model, lm.tokenizer)
             for report in reports:
                 print(Path(args.output_dir, f"{report['benchmark']}.md").read_text(encoding="utf-8"))
-        for name in (t for t in tasks if t in IMAGE_SETS):
-            model, report = run_image_set(args, name, model)
+        for name, folder in folders.items():
+            model, report = run_image_set(args, name, folder, model)
             print(json.dumps({k: v for k, v in report.items() if k != "answers"}, ensure_ascii=False, indent=2))
     except (ImageSetError, FileNotFoundError, ValueError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)

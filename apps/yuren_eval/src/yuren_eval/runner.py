@@ -74,8 +74,8 @@ def run_text_benchmarks(args: argparse.Namespace, benchmarks: list[str]):
     return lm, reports
 
 
-def run_image_set(args: argparse.Namespace, benchmark: str, loaded):
-    """Score one image set (and with ``--zero_image_features`` the control too); write ``NAME.json`` and ``.md``.
+def run_image_set(args: argparse.Namespace, benchmark: str, folder: Path, loaded):
+    """Score one image set in ``folder`` (with ``--zero_image_features`` the control too); write ``NAME.json``, ``.md``.
 
     ``loaded`` is ``(model, tokenizer)`` if already loaded, else ``None``. Returns ``(loaded, report)``.
     """
@@ -89,7 +89,6 @@ def run_image_set(args: argparse.Namespace, benchmark: str, loaded):
     model, tokenizer = loaded
     processor = ImageProcessor.from_config(model.config)
     settings = {"limit": args.limit, "batch_size": args.image_batch_size, "system_prompt": args.system_prompt}
-    folder = args.data_dir / benchmark
     report = {"benchmark": benchmark, "model": Path(args.model).name, **settings}
     report |= evaluate_image_set(model, tokenizer, processor, benchmark, folder, **_image_kwargs(args))
     if args.zero_image_features:
@@ -101,6 +100,15 @@ def run_image_set(args: argparse.Namespace, benchmark: str, loaded):
     atomic_write_text(args.output_dir / f"{benchmark}.json", json.dumps(report, ensure_ascii=False, indent=2))
     atomic_write_text(args.output_dir / f"{benchmark}.md", image_markdown(report))
     return loaded, report
+
+
+def image_set_folder(args: argparse.Namespace, benchmark: str) -> Path:
+    """``--data_dir``'s copy of ``benchmark``, or without ``--data_dir`` the hub's, converted to the same layout."""
+    if args.data_dir is not None:
+        return args.data_dir / benchmark
+    from .hub import hub_copy
+
+    return hub_copy(benchmark, args.cache_dir)
 
 
 def _image_kwargs(args: argparse.Namespace) -> dict:

@@ -2,7 +2,7 @@
 
 Built on first use by :func:`make_tiny_model.pipeline.train_tiny_yuren` (the
 pipeline the tests prove can see: it names the colour of shapes it has never
-seen), then cached; the command prints the model's directory as its last line
+seen and answers whether a shape is of a colour), then cached; the command prints the model's directory as its last line
 of output (``uv run webui`` with no ``--model`` runs it). The cache entry is named after the recipe's key, which
 includes a pipeline version, so a changed recipe builds a new model instead of
 serving a stale one; entries of other keys are removed once the new one is in
@@ -34,7 +34,7 @@ BUILD_LOG = "build.log"
 
 
 def ensure_demo_model(cache_dir: Path) -> Path:
-    """Return the demo checkpoint under ``cache_dir``, building it on first use (a minute or two on a CPU)."""
+    """Return the demo checkpoint under ``cache_dir``, building it on first use (a few minutes on a CPU)."""
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{ENTRY_PREFIX}{RECIPE.key()}"
     if (target / "config.json").is_file():
@@ -42,11 +42,11 @@ def ensure_demo_model(cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     log_file = cache_dir / BUILD_LOG
     logger.info("building the demo model into %s (first start only; details in %s)", target, log_file)
-    # The work files (tiny base, data, stages 1 and 2) live beside the cache and go once stage 3 is saved.
+    # The work files (tiny base, data, stages 1 to 3) live beside the cache and go once the final model is saved.
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".demo-build-") as work:
         run = _train_with_progress_bar(Path(work), log_file)
         with atomic_directory(target) as staging:
-            shutil.copytree(run.stage3, staging, dirs_exist_ok=True, ignore=_not_for_serving)
+            shutil.copytree(run.final, staging, dirs_exist_ok=True, ignore=_not_for_serving)
     _remove_other_entries(cache_dir, keep=target)
     return target
 

@@ -36,6 +36,9 @@ SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
 COLOUR_QUESTIONS = {"zh": "图中的形状是什么颜色？", "en": "What colour is the shape in the picture?"}
 SHAPE_QUESTIONS = {"zh": "图中是什么形状？", "en": "What shape is in the picture?"}
 CAPTION_PROMPTS = {"zh": "用一句话描述这张图片。", "en": "Describe the image in one sentence."}
+YES_NO_QUESTIONS = {"zh": "图中的形状是{colour}吗？", "en": "Is the shape {colour}?"}
+# (no, yes): each answer's first token, the one that decides it, is a token of its own in the tiny vocabulary.
+YES_NO_ANSWERS = {"zh": ("否", "是"), "en": ("no", "yes")}
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,11 @@ def shape_answer(shape: str, lang: str) -> str:
     return SHAPES[shape] if lang == "zh" else shape
 
 
+def yes_no_question(colour: str, lang: str) -> str:
+    """Whether the shape is of ``colour``, asked in ``lang``."""
+    return YES_NO_QUESTIONS[lang].format(colour=colour_answer(colour, lang))
+
+
 def write_dataset(out_dir: Path, *, num_images: int, seed: int, image_size: int = 64) -> dict[str, Path]:
     """Write ``images/``, ``captions.json`` (stage 2) and ``conversations.json`` (stage 3) to ``out_dir``.
 
@@ -135,6 +143,42 @@ def write_dataset(out_dir: Path, *, num_images: int, seed: int, image_size: int 
     for key, records in (("captions", captions), ("conversations", conversations)):
         paths[key].write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
     return paths
+
+
+def write_yes_no_dataset(data_dir: Path, *, languages: tuple[str, ...], seed: int) -> Path:
+    """Write ``yes_no.json`` beside :func:`write_dataset`'s output in ``data_dir``; return its path.
+
+    For each image, in each of ``languages``:
+    whether the shape is of its own colour (yes) and of another, random one
+    (no), so the answer is balanced and only the colour asked about tells the
+    two apart; plus the image's colour questions from ``conversations.json``,
+    so the model keeps naming colours while it learns to compare them. Half
+    the yes/no questions open with a default system prompt, as in stage 3.
+    """
+    data_dir = Path(data_dir)
+    captions = json.loads((data_dir / "captions.json").read_text(encoding="utf-8"))
+    conversations = json.loads((data_dir / "conversations.json").read_text(encoding="utf-8"))
+    asked_colour = {f"<image>\n{question}" for question in COLOUR_QUESTIONS.values()}
+    records = [r for r in conversations if r["conversations"][-2]["value"] in asked_colour]
+    rng = random.Random(seed)
+    for caption_record in captions:
+        colour, name = caption_record["truth"]["colour"], caption_record["image"]
+        for lang in languages:
+            other = rng.choice(sorted(set(COLOURS) - {colour}))
+            for asked, answer in ((colour, YES_NO_ANSWERS[lang][True]), (other, YES_NO_ANSWERS[lang][False])):
+                turns = [
+                    {"from": "human", "value": f"<image>\n{yes_no_question(asked, lang)}"},
+                    {"from": "gpt", "value": answer},
+                ]
+                if rng.random() < 0.5:
+                    turns.insert(0, {"from": "system", "value": _random_system_prompt(rng)})
+                record_id = f"yes-no-{Path(name).stem}-{lang}-{asked}"
+                records.append(
+                    {"id": record_id, "image": name, "truth": caption_record["truth"], "conversations": turns}
+                )
+    path = data_dir / "yes_no.json"
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
 
 
 def _random_system_prompt(rng: random.Random) -> str:
