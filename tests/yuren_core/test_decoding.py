@@ -21,12 +21,13 @@ def image_prompt(config, text=(5, 6, 7)):
 PIXELS = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def generated(model, input_ids, pixel_values, seed=None, **kwargs):
+def generate(model, input_ids, pixel_values, seed=None, **kwargs):
+    """``model.generate`` on one unpadded prompt that never stops early; its raw output."""
     if seed is not None:
         torch.manual_seed(seed)
     ids = torch.tensor([input_ids])
     with torch.inference_mode():
-        out = model.generate(
+        return model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             pixel_values=pixel_values,
@@ -34,7 +35,10 @@ def generated(model, input_ids, pixel_values, seed=None, **kwargs):
             pad_token_id=0,
             **kwargs,
         )
-    return out[0, len(input_ids) :].tolist()
+
+
+def generated(model, input_ids, pixel_values, seed=None, **kwargs):
+    return generate(model, input_ids, pixel_values, seed, **kwargs)[0, len(input_ids) :].tolist()
 
 
 def decoded(model, input_ids, pixel_values, seed=None, **kwargs):
@@ -110,19 +114,15 @@ def logits_of_each_step(decoder, input_ids, pixel_values, max_new_tokens):
 
 
 def generated_logits(model, input_ids, pixel_values, max_new_tokens):
-    ids = torch.tensor([input_ids])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            pixel_values=pixel_values,
-            eos_token_id=[],
-            pad_token_id=0,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+    out = generate(
+        model,
+        input_ids,
+        pixel_values,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     return out.sequences[0, len(input_ids) :].tolist(), [step.float() for step in out.logits[1:]]
 
 
