@@ -156,3 +156,89 @@ def test_a_flattened_batch_pads_nothing_and_trains_as_the_padded_batch(prepared_
     torch.testing.assert_close(flat_loss, padded_loss, rtol=0, atol=1e-5)
     for name, grad in padded_grads.items():
         torch.testing.assert_close(flat_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def lm_head_rows(model):
+    """A list that collects, per forward, how many positions the output head projects."""
+    rows = []
+    model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: rows.append(args[0][0].shape[0]))
+    return rows
+
+
+def test_a_flattened_batch_projects_only_supervised_positions_with_the_same_loss_and_gradients(
+    prepared_base, tokenizer, tmp_path
+):
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from yuren_trainer.segment_attention import use_for_packing
+    from yuren_trainer.trainer import SFTTrainer, supervised_positions_only
+
+    model = AutoModelForCausalLM.from_pretrained(prepared_base, dtype=torch.float32)
+    use_for_packing(model)
+    pad = special_ids(tokenizer).pad
+    singles = rows(tokenizer)
+    flat = PackedCollator(pad, flatten=True)(singles)
+    supervised = int((flat["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert 0 < supervised < flat["input_ids"].shape[1] // 2
+    projected = lm_head_rows(model)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = SFTTrainer(model=model, args=args, pad_token_id=pad)
+
+    def loss_and_grads(compute_loss, num_items_in_batch):
+        """The loss and every gradient, from the stock Trainer's ``compute_loss`` or ours, on the same trainer."""
+        model.zero_grad()
+        loss = compute_loss(trainer, model, dict(flat), num_items_in_batch=num_items_in_batch)
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    # The Trainer passes the accumulated batch's supervised-token count when it can (sum / count), else nothing (mean).
+    for num_items in (None, torch.tensor(3 * supervised)):
+        full_loss, full_grads = loss_and_grads(Trainer.compute_loss, num_items)
+        kept_loss, kept_grads = loss_and_grads(SFTTrainer.compute_loss, num_items)
+        assert projected[-2:] == [flat["input_ids"].shape[1], supervised]
+        torch.testing.assert_close(kept_loss, full_loss, rtol=0, atol=1e-6)
+        for name, grad in full_grads.items():
+            torch.testing.assert_close(kept_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    # Padded rows keep the full projection.
+    padded = PaddingCollator(pad)(singles)
+    assert supervised_positions_only(padded) is padded
+
+
+def test_a_flattened_batch_under_lora_projects_only_supervised_positions(prepared_base, tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from yuren_trainer.segment_attention import use_for_packing
+    from yuren_trainer.trainer import supervised_positions_only
+
+    base = AutoModelForCausalLM.from_pretrained(prepared_base, dtype=torch.float32)
+    use_for_packing(base)
+    pad = special_ids(tokenizer).pad
+    # As QLoRA trains them: adapters, plus the new tokens' rows of the embeddings and the output head.
+    ids = special_ids(tokenizer)
+    token_ids = [ids.im_start, ids.im_end, ids.img_start, ids.img_patch, ids.img_end]
+    config = LoraConfig(
+        r=4,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
+        trainable_token_indices={"embed_tokens": token_ids, "lm_head": token_ids},
+    )
+    model = get_peft_model(base, config)
+    flat = PackedCollator(pad, flatten=True)(rows(tokenizer))
+    supervised = int((flat["labels"][:, 1:] != IGNORE_INDEX).sum())
+    projected = lm_head_rows(model.get_base_model())
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    full_loss, full_grads = loss_and_grads(flat)
+    kept_loss, kept_grads = loss_and_grads(supervised_positions_only(flat))
+    assert projected == [flat["input_ids"].shape[1], supervised]
+    torch.testing.assert_close(kept_loss, full_loss, rtol=0, atol=1e-6)
+    # lora_B starts at zero, so lora_A has no gradient yet; everything else must have one.
+    assert full_grads and all(grad.abs().max() > 0 for name, grad in full_grads.items() if "lora_A" not in name)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(kept_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
