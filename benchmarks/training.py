@@ -4,7 +4,11 @@ Same model, same data, same run. The ways batches are made:
 
 * ``packed, per-conversation attn``: stage 1's packing (``yuren_trainer.packing.pack_rows``
   + ``PackedCollator``) with attention computed per conversation
-  (``yuren_trainer.segment_attention``, what ``--packing`` uses);
+  (``yuren_trainer.segment_attention``, what ``--packing`` uses), the output
+  head and loss only at supervised positions (what ``SFTTrainer`` does on
+  these batches);
+* ``packed, every position projected``: the same, with the output head and
+  loss over every token (before ``SFTTrainer`` kept only supervised positions);
 * ``packed, dense mask``: the same batches with transformers' ``sdpa``, which
   turns the per-conversation position ids into a dense block-diagonal mask
   over each whole row (what stage 1 does today);
@@ -53,8 +57,10 @@ from yuren_trainer.collator import PackedCollator, PaddingCollator
 from yuren_trainer.data import read_conversations, tokenize
 from yuren_trainer.packing import pack_rows
 from yuren_trainer.segment_attention import register as register_segment_attention
+from yuren_trainer.trainer import supervised_positions_only
 
 PACKED = "packed, per-conversation attn (YuRen --packing)"
+PACKED_ALL = "packed, every position projected (before)"
 PACKED_DENSE = "packed, dense mask (before)"
 UPSTREAM = "upstream: group_by_length"
 RANDOM = "padded, random order"
@@ -68,6 +74,7 @@ class Way:
     attention: str
     batches: list[dict[str, torch.Tensor]]
     real: list[int]
+    supervised_only: bool = False  # project and score only supervised positions, as SFTTrainer does
     timed: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
@@ -147,7 +154,8 @@ def make_ways(columns: dict[str, list], tokenizer, batch_size: int, max_length: 
 
     segment = register_segment_attention()
     return [
-        Way(PACKED, segment, flattened, packed_real),
+        Way(PACKED, segment, flattened, packed_real, supervised_only=True),
+        Way(PACKED_ALL, segment, flattened, packed_real),
         Way(PACKED_DENSE, "sdpa", collated, packed_real),
         Way(
             UPSTREAM,
@@ -166,6 +174,8 @@ def make_step(model, optimizer) -> Callable[[Way, int], float]:
         model.set_attn_implementation(way.attention)
         batch = way.batches[index]
         start, cpu_start = time.perf_counter(), time.process_time()
+        if way.supervised_only:
+            batch = supervised_positions_only(batch)
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
@@ -262,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary = {way.name: way.summary() for way in ways}
         speed = {name: s["supervised_tokens_per_cpu_s"] for name, s in summary.items()}
         wall = {name: s["supervised_tokens_per_s"] for name, s in summary.items()}
-        for name in (PACKED, PACKED_DENSE):
+        for name in (PACKED, PACKED_ALL, PACKED_DENSE):
             summary[name]["speedup_vs_upstream"] = round(speed[name] / speed[UPSTREAM], 3)
             summary[name]["speedup_vs_random"] = round(speed[name] / speed[RANDOM], 3)
             summary[name]["wall_speedup_vs_upstream"] = round(wall[name] / wall[UPSTREAM], 3)

@@ -61,3 +61,39 @@ def test_a_packed_batch_with_images_gives_the_padded_loss_and_projector_gradient
     assert all(grad.abs().max() > 0 for grad in padded_grads.values())
     for name, grad in padded_grads.items():
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_packed_batch_with_images_scored_at_supervised_positions_only_gives_the_same_gradients(
+    fused_model_dir, tokenizer, tmp_path
+):
+    from transformers import AutoModelForCausalLM
+
+    from yuren_trainer.trainer import supervised_positions_only
+
+    model = AutoModelForCausalLM.from_pretrained(fused_model_dir, dtype=torch.float32)
+    use_for_packing(model)
+    write_images(tmp_path / "images")
+    path = write_json(tmp_path / "llava.json", llava_records())
+    rows, _ = load_sft_dataset(
+        path, tokenizer, max_length=512, image_seq_len=model.config.image_seq_len, cache_dir=tmp_path / "cache"
+    )
+    loader = FolderImageLoader(ImageProcessor.from_config(model.config), tmp_path / "images")
+    packed = PackedCollator(special_ids(tokenizer).pad, image_loader=loader, flatten=True)([dict(row) for row in rows])
+    supervised = int((packed["labels"][:, 1:] != IGNORE_INDEX).sum())
+    # Image patches are never supervised: most of the row is left out of the output head.
+    assert 0 < supervised < packed["input_ids"].shape[1] // 2
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full_grads = loss_and_grads(packed)
+    kept = supervised_positions_only(packed)
+    assert kept["logits_to_keep"].numel() == supervised
+    kept_loss, kept_grads = loss_and_grads(kept)
+    torch.testing.assert_close(kept_loss, full_loss, rtol=0, atol=1e-6)
+    assert kept_grads.keys() == full_grads.keys() and any(name.startswith("mm_projector") for name in full_grads)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(kept_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
