@@ -1,9 +1,9 @@
 """The Trainer the SFT stages share: the stock one, plus a log of how much of each batch is padding.
 
 On flattened packed batches (one row holding the whole batch) it projects onto
-the vocabulary only the positions whose next token is supervised: prompts are
-often half the tokens, and their ``[tokens, vocab]`` logits and loss would be
-computed only to be ignored.
+the vocabulary only the positions whose next token is supervised: the
+``[tokens, vocab]`` logits and loss of prompts, system turns and image patches
+would be computed only to be ignored.
 """
 
 from __future__ import annotations
