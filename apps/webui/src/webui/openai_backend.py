@@ -46,8 +46,7 @@ def image_data_url(image: Image.Image) -> str:
 
 def tokenize_url(api_base: str) -> str:
     """Where vLLM counts tokens: ``/tokenize`` at the server's root, beside (not under) ``/v1``."""
-    base = api_base.rstrip("/")
-    return (base.removesuffix("/v1") if base.endswith("/v1") else base) + "/tokenize"
+    return api_base.rstrip("/").removesuffix("/v1") + "/tokenize"
 
 
 def count_images(messages: Sequence[Mapping]) -> int:

@@ -88,12 +88,13 @@ def run_image_set(args: argparse.Namespace, benchmark: str, folder: Path, loaded
         loaded = (model, tokenizer)
     model, tokenizer = loaded
     processor = ImageProcessor.from_config(model.config)
-    settings = {"limit": args.limit, "batch_size": args.image_batch_size, "system_prompt": args.system_prompt}
+    # The settings scored with are the ones reported.
+    settings = _image_kwargs(args)
     report = {"benchmark": benchmark, "model": Path(args.model).name, **settings}
-    report |= evaluate_image_set(model, tokenizer, processor, benchmark, folder, **_image_kwargs(args))
+    report |= evaluate_image_set(model, tokenizer, processor, benchmark, folder, **settings)
     if args.zero_image_features:
         zeroed = evaluate_image_set(
-            model, tokenizer, processor, benchmark, folder, zero_image_features=True, **_image_kwargs(args)
+            model, tokenizer, processor, benchmark, folder, zero_image_features=True, **settings
         )
         report["zeroed_image_features"] = {k: v for k, v in zeroed.items() if k != "answers"}
     args.output_dir.mkdir(parents=True, exist_ok=True)
