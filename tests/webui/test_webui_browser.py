@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from webui_helpers import gated_server, served, wait_for
@@ -140,11 +141,12 @@ def test_stop_in_the_browser_cancels_a_waiting_request(browser, fake_backend):
         page.fill("#message textarea", "waiting in line")
         page.keyboard.press("Enter")
         page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=\"bot\"]').length == 0")
-        time.sleep(1.0)  # the request is in the queue, behind the running one
+        # Stop must find the request in the server's queue, behind the running one (not still on its way there).
+        wait_for(lambda: httpx.get(url.rstrip("/") + "/gradio_api/queue/status").json()["queue_size"] == 1)
         assert len(backend.calls) == 1
         page.click("#stop")
-        # The other user's request holds the model until the gate opens, after this: idle means unqueued.
-        wait_idle(page, timeout=30)
+        # The other user's request holds the model until the gate opens, after this: the notice means unqueued.
+        page.wait_for_selector("text=Stopped: this request was still waiting in the queue", timeout=30_000)
         gate.set()
         busy.result(timeout=20)
         time.sleep(1.0)
