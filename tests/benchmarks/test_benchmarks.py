@@ -48,6 +48,9 @@ def test_generation_benchmark_smoke(run_benchmark):
     assert results["greedy_outputs_identical"] is True
     assert results["prompt_tokens"] > 256  # one image of 256 patch tokens plus the text
     assert all(way["tokens_per_s"] > 0 for way in results["ways"].values())
+    for name in ("upstream loop", "web UI (ModelBackend.stream)"):
+        way = results["ways"][name]
+        assert 0 < way["first_piece_ttft_cpu_ms"] <= way["first_piece_ttft_ms"] * 1.01
     for profile in results["profiles"].values():
         assert profile["ms_per_token_in_decoder_layers"] > 0 and profile["top_python_outside_model_ms_per_token"]
 
