@@ -2,9 +2,11 @@
 
 * ``web UI``: ``webui.engine.ModelBackend.stream``: the prompt rendered by
   ``yuren_core.chatml``, decoded by ``yuren_core.decoding.Decoder`` in the
-  caller's thread (per new token one call of each decoder layer, without
-  ``LlamaModel.forward``'s per-call mask and rotary work; logits of the last
-  prompt position only), streamed by ``TextDeltas``: what a browser receives;
+  caller's thread (per new token ``llama_layer_step`` for each decoder
+  layer: the layer's own parts and arithmetic on one ``[1, hidden]`` row,
+  without ``LlamaModel.forward``'s per-call mask and rotary work or the
+  layers' wrappers; logits of the last prompt position only), streamed by
+  ``TextDeltas``: what a browser receives;
   with ``--compile`` also the same path on a static cache with ``torch.compile``;
 * ``web UI before``: what ``ModelBackend.stream`` did until the decoder
   replaced it: ``model.generate`` in a worker thread feeding a
@@ -26,7 +28,8 @@ answer. Since a whole answer yields one TTFT sample, the TTFT target is
 decided on ``--ttft-repeats`` further interleaved runs that close each stream
 at its first piece (wall time, and the calling thread's CPU time, which other
 jobs on a shared machine do not stretch). A cProfile of each way splits the time per token into the model's
-decoder layers (``LlamaDecoderLayer.forward``, the same calls in every way) and
+decoder layers (``LlamaDecoderLayer.forward``, or ``llama_layer_step`` where the
+web UI's decode steps run a layer: the same arithmetic in every way) and
 everything around them (the stack's per-call work, sampling, streaming, bookkeeping).
 
     uv run python benchmarks/generation.py            # ~3 minutes on 2 cores, quiet
@@ -62,6 +65,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from webui.backend import GenerationParams
 from webui.engine import ModelBackend
 from yuren_core.chatml import user_content
+from yuren_core.decoding import llama_layer_step
 from yuren_core.loading import load_model
 
 QUESTION = "请仔细观察这张图片, 描述画面中的主要物体、它们的颜色和位置, 并说明这张图片可能是在什么场合拍摄的。"
@@ -162,10 +166,10 @@ def generate_before(
 def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
     """cProfile ``run()`` (calling thread only): time in the decoder layers against everything around them.
 
-    Returns the ms per new token inside ``LlamaDecoderLayer.forward`` (for prompt and answer;
-    the web UI's decode steps call the layers without ``LlamaModel.forward``, so the layers are
-    the part every way shares) and outside it, and the Python functions outside the model with
-    the most own time (ms per token).
+    Returns the ms per new token inside a decoder layer (``LlamaDecoderLayer.forward``, or
+    ``yuren_core.decoding.llama_layer_step`` for the web UI's decode steps: the arithmetic every
+    way shares) and outside it, and the Python functions outside the model with the most own
+    time (ms per token).
     """
     profiler = cProfile.Profile()
     profiler.enable()
@@ -173,18 +177,26 @@ def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
     profiler.disable()
     stats = pstats.Stats(profiler).stats
     total = sum(entry[2] for entry in stats.values())
-    layer = inspect.unwrap(LlamaDecoderLayer.forward).__code__
+    layers = [inspect.unwrap(LlamaDecoderLayer.forward).__code__, llama_layer_step.__code__]
     model = sum(
         entry[3]
         for (file, line, name), entry in stats.items()
-        if file == layer.co_filename and line == layer.co_firstlineno and name == "forward"
+        if any((file, line, name) == (c.co_filename, c.co_firstlineno, c.co_name) for c in layers)
     )
-    inside_model = ("torch/nn/", "models/llama/", "yuren_core/modeling.py", "transformers/integrations/", "cache_utils")
+    inside_model = (
+        "torch/nn/",
+        "models/llama/",
+        "yuren_core/modeling.py",
+        "transformers/integrations/",
+        "cache_utils",
+        "yuren_core/decoding.py:llama_layer_step",
+        "yuren_core/decoding.py:_rms_norm",
+    )
     outside = sorted(
         (
             (f"{Path(file).parent.name}/{Path(file).name}:{name}", entry[2])
             for (file, _, name), entry in stats.items()
-            if file != "~" and not any(part in file for part in inside_model)
+            if file != "~" and not any(part in f"{file}:{name}" for part in inside_model)
         ),
         key=lambda item: -item[1],
     )

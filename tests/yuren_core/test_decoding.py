@@ -161,8 +161,8 @@ def test_lean_steps_give_generates_logits_exactly_in_8bit(fused_model_dir):
     assert_lean_steps_equal_generate(model, image_prompt(model.config), PIXELS)
 
 
-def test_stacks_the_lean_step_cannot_serve_take_the_general_path():
-    """A rotary table that changes with the sequence length (dynamic scaling past 16 positions) is declined."""
+def grouped_query_llama(**rope_parameters) -> LlamaForCausalLM:
+    """A random 2-layer LLaMA with 4 query heads sharing 2 key/value heads, positions up to 16, random norm weights."""
     config = LlamaConfig(
         vocab_size=64,
         hidden_size=32,
@@ -171,14 +171,45 @@ def test_stacks_the_lean_step_cannot_serve_take_the_general_path():
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=16,
-        rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0},
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, **rope_parameters},
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
-    decoder = Decoder(model)
-    assert not decoder.lean
-    prompt = [3, 9, 4, 12, 7, 30, 2, 5]
-    tokens, logits = logits_of_each_step(decoder, prompt, None, max_new_tokens=24)
-    expected_tokens, expected_logits = generated_logits(model, prompt, None, 24)
+    # Norm weights start as ones; distinct ones make a norm applied in the wrong place show.
+    for name, weight in model.named_parameters():
+        if name.endswith("norm.weight"):
+            torch.nn.init.uniform_(weight, 0.5, 1.5)
+    return model
+
+
+def assert_decoder_equals_generate(decoder, model, prompt=(3, 9, 4, 12, 7, 30, 2, 5), max_new_tokens=8):
+    tokens, logits = logits_of_each_step(decoder, list(prompt), None, max_new_tokens)
+    expected_tokens, expected_logits = generated_logits(model, list(prompt), None, max_new_tokens)
     assert tokens == expected_tokens
     assert all(torch.equal(ours, theirs) for ours, theirs in zip(logits, expected_logits, strict=True))
+
+
+def test_lean_steps_give_generates_logits_exactly_with_grouped_query_attention():
+    model = grouped_query_llama()
+    decoder = Decoder(model)
+    assert decoder.lean
+    assert_decoder_equals_generate(decoder, model)
+
+
+def test_stacks_the_lean_step_cannot_serve_take_the_general_path():
+    """A rotary table that changes with the sequence length (dynamic scaling past 16 positions) is declined."""
+    model = grouped_query_llama(rope_type="dynamic", factor=4.0)
+    decoder = Decoder(model)
+    assert not decoder.lean
+    assert_decoder_equals_generate(decoder, model, max_new_tokens=24)
+
+
+def test_a_hook_on_a_layer_sends_decoding_through_the_layers_forward():
+    """The lean step replaces the layers' forward; a hook on one (an offload hook, say) must still run."""
+    model = grouped_query_llama()
+    calls = []
+    model.model.layers[1].mlp.register_forward_pre_hook(lambda module, args: calls.append(module))
+    decoder = Decoder(model)
+    assert not decoder.lean
+    assert_decoder_equals_generate(decoder, model)
+    assert calls

@@ -9,14 +9,18 @@ passed in, sampling with transformers' own logits processors so that the
 settings mean what they mean in ``generate``. Tokens come back as a plain
 iterator in the caller's thread; :class:`TextDeltas` turns them into text.
 
-A decode step of a LLaMA stack calls its decoder layers directly (see
-:meth:`Decoder.lean_supported`): one new token with no padding attends to the
-whole cache, so it needs no mask (``attention_mask=None``), and its rotary
-embedding is one row of a table computed once per answer. That skips what
-``LlamaModel.forward`` does per call for the general case (mask building,
-rotary for the step, output capture and config-default wrappers, the output
-dataclass), the same layers doing the same arithmetic. Other stacks and
-settings take the general path: ``model.model`` with the step's position.
+A decode step of a LLaMA stack runs its layers' parts itself (see
+:meth:`Decoder.lean_supported` and :func:`llama_layer_step`): one new token
+with no padding attends to the whole cache, so it needs no mask, and its rotary
+embedding is one row of a table computed once per answer. The step calls each
+layer's own projections, MLP and attention function on the token's ``[1,
+hidden]`` row with the same arithmetic, in the same order, as
+``LlamaDecoderLayer``, so the logits are bit for bit those of ``generate``;
+what it skips is per-call work for the general case (``LlamaModel.forward``'s
+mask building, rotary and output capture, the layers' keyword plumbing and
+wrappers, reshapes of a sequence axis of length one): a decode step of a small
+model is mostly such dispatch. Other stacks and settings take the general
+path: ``model.model`` with the step's position.
 
 ``compile=True`` decodes on a :class:`~transformers.StaticCache` with the
 step function under ``torch.compile`` (fixed shapes: one graph for every
@@ -37,7 +41,16 @@ from transformers import (
     TopPLogitsWarper,
 )
 from transformers.cache_utils import Cache, DynamicLayer
-from transformers.models.llama.modeling_llama import LlamaModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaMLP,
+    LlamaModel,
+    LlamaRMSNorm,
+    eager_attention_forward,
+    rotate_half,
+)
 
 # Attention implementations that read a missing mask as "attend to every key" for a one-token query
 # (sdpa turns off is_causal for a single query; eager adds no mask); flash / flex take other inputs.
@@ -81,6 +94,41 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
 
+def _rms_norm(norm: LlamaRMSNorm, hidden: torch.Tensor) -> torch.Tensor:
+    """``LlamaRMSNorm.forward``'s arithmetic, step for step."""
+    dtype = hidden.dtype
+    hidden = hidden.to(torch.float32)
+    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * hidden.to(dtype)
+
+
+def llama_layer_step(
+    layer: LlamaDecoderLayer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Cache, attention
+) -> torch.Tensor:
+    """One ``LlamaDecoderLayer`` on one new token: ``hidden`` ``[1, hidden_size]`` in, the same out.
+
+    ``cos`` / ``sin`` are the token's rotary row ``[1, head_dim]``; ``attention``
+    is the model's attention function (transformers' ``sdpa`` or eager one),
+    called without a mask: the token attends to the whole cache. Same
+    operations, in the same order, as the layer's ``forward``.
+    """
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    x = _rms_norm(layer.input_layernorm, hidden)
+    # [heads, head_dim] rows; [None, :, None] gives attention its [batch, heads, 1, head_dim] view.
+    query = attn.q_proj(x).view(-1, head_dim)
+    key = attn.k_proj(x).view(-1, head_dim)
+    value = attn.v_proj(x).view(-1, head_dim)
+    query = (query * cos) + (rotate_half(query) * sin)
+    key = (key * cos) + (rotate_half(key) * sin)
+    keys, values = cache.update(key[None, :, None], value[None, :, None], attn.layer_idx)
+    out, _ = attention(attn, query[None, :, None], keys, values, None, dropout=0.0, scaling=attn.scaling)
+    hidden = hidden + attn.o_proj(out.reshape(1, -1))
+    x = _rms_norm(layer.post_attention_layernorm, hidden)
+    mlp = layer.mlp
+    return hidden + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+
+
 def logits_processors(*, temperature: float, top_p: float, repetition_penalty: float) -> LogitsProcessorList:
     """The processors ``generate`` would apply for these settings (``temperature == 0``: greedy)."""
     processors = LogitsProcessorList()
@@ -121,22 +169,38 @@ class Decoder:
         self.lean = not compile and self.lean_supported(model)
         # Slicing a ModuleList builds a new module: done once here, not per step as LlamaModel.forward does.
         self._layers = tuple(model.model.layers[: model.model.config.num_hidden_layers]) if self.lean else ()
+        implementation = model.config.get_text_config(decoder=True)._attn_implementation
+        self._attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
 
     @staticmethod
     def lean_supported(model) -> bool:
         """Whether eager decode steps can call the decoder layers of ``model`` directly (else: ``model.model``).
 
-        Holds for transformers' ``LlamaModel`` (exactly: subclasses may change the
-        forward) with sdpa or eager attention and the default rotary embedding,
-        whose values depend on the position alone. Not for flash / flex attention
-        (their inputs are not a plain mask) nor for dynamic or long-context rotary
+        Holds for transformers' ``LlamaModel`` of ``LlamaDecoderLayer`` s (exactly:
+        subclasses may change the forward) with sdpa or eager attention and the
+        default rotary embedding, whose values depend on the position alone, and
+        without hooks on the modules whose ``forward`` the step replaces (an
+        accelerate offload hook, say). Not for flash / flex attention (their
+        inputs are not a plain mask) nor for dynamic or long-context rotary
         variants (their tables change with the sequence length).
         """
         config = model.config.get_text_config(decoder=True)
-        return (
-            type(getattr(model, "model", None)) is LlamaModel
+        stack = getattr(model, "model", None)
+        if not (
+            type(stack) is LlamaModel
             and config._attn_implementation in MASKLESS_ATTENTION
             and (config.rope_parameters or {}).get("rope_type", "default") == "default"
+        ):
+            return False
+        replaced = [stack, stack.norm]
+        for layer in stack.layers:
+            parts = (layer, layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm)
+            kinds = (LlamaDecoderLayer, LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRMSNorm)
+            if any(type(part) is not kind for part, kind in zip(parts, kinds, strict=True)):
+                return False
+            replaced += parts
+        return not any(
+            module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook") for module in replaced
         )
 
     @torch.inference_mode()
@@ -164,19 +228,17 @@ class Decoder:
         return self.model.lm_head(hidden.last_hidden_state[:, -1, :])
 
     def _lean_step(self, token: torch.Tensor, position: int, cache, rotary) -> torch.Tensor:
-        """``_decode_step`` for a ``LlamaModel`` stack: its layers called directly, without a mask (one query).
+        """``_decode_step`` for a ``LlamaModel`` stack: :func:`llama_layer_step` per layer, without a mask.
 
         ``rotary`` is :meth:`_rotary_table` covering ``position``.
         """
         stack = self.model.model
-        hidden = stack.embed_tokens(token)
+        hidden = stack.embed_tokens(token).view(1, -1)
         cos, sin = rotary
-        position_embeddings = (cos[:, position : position + 1], sin[:, position : position + 1])
+        cos, sin = cos[0, position : position + 1], sin[0, position : position + 1]
         for layer in self._layers:
-            hidden = layer(
-                hidden, attention_mask=None, position_embeddings=position_embeddings, cache=cache, use_cache=True
-            )
-        return self.model.lm_head(stack.norm(hidden)[:, -1, :])
+            hidden = llama_layer_step(layer, hidden, cos, sin, cache, self._attention)
+        return self.model.lm_head(_rms_norm(stack.norm, hidden))
 
     @torch.inference_mode()
     def _rotary_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
