@@ -204,12 +204,18 @@ def test_stacks_the_lean_step_cannot_serve_take_the_general_path():
     assert_decoder_equals_generate(decoder, model, max_new_tokens=24)
 
 
-def test_a_hook_on_a_layer_sends_decoding_through_the_layers_forward():
-    """The lean step replaces the layers' forward; a hook on one (an offload hook, say) must still run."""
+@pytest.mark.parametrize(
+    ("hooked", "lean"),
+    [("layers.1", False), ("layers.1.self_attn", False), ("layers.1.mlp", True), ("layers.0.input_layernorm", True)],
+)
+def test_hooks_run_whichever_path_decodes(hooked, lean):
+    """The lean step replaces the layers' and attention's forward, so a hook there (an offload hook, say) sends
+    decoding through the general path; norms and MLPs it calls as modules, so their hooks run on the lean one."""
     model = grouped_query_llama()
     calls = []
-    model.model.layers[1].mlp.register_forward_pre_hook(lambda module, args: calls.append(module))
+    model.model.get_submodule(hooked).register_forward_pre_hook(lambda module, args: calls.append(module))
     decoder = Decoder(model)
-    assert not decoder.lean
+    assert decoder.lean is lean
     assert_decoder_equals_generate(decoder, model)
-    assert calls
+    # Two forwards per generated token (generate's and the decoder's), the prompt's included.
+    assert len(calls) == 2 * 8

@@ -13,13 +13,13 @@ A decode step of a LLaMA stack runs its layers' parts itself (see
 :meth:`Decoder.lean_supported` and :func:`llama_layer_step`): one new token
 with no padding attends to the whole cache, so it needs no mask, and its rotary
 embedding is one row of a table computed once per answer. The step calls each
-layer's own projections, MLP and attention function on the token's ``[1,
-hidden]`` row with the same arithmetic, in the same order, as
-``LlamaDecoderLayer``, so the logits are bit for bit those of ``generate``;
-what it skips is per-call work for the general case (``LlamaModel.forward``'s
-mask building, rotary and output capture, the layers' keyword plumbing and
-wrappers, reshapes of a sequence axis of length one): a decode step of a small
-model is mostly such dispatch. Other stacks and settings take the general
+layer's own norms, projections, rotary function, attention function and MLP on
+the token's ``[1, hidden]`` row, in the order ``LlamaDecoderLayer`` does, so the
+logits are bit for bit those of ``generate``; what it skips is per-call work
+for the general case (``LlamaModel.forward``'s mask building, rotary and
+output capture, the layer's and attention's keyword plumbing and wrappers,
+reshapes of a sequence axis of length one): a decode step of a small model is
+mostly such dispatch. Other stacks and settings take the general
 path: ``model.model`` with the step's position.
 
 ``compile=True`` decodes on a :class:`~transformers.StaticCache` with the
@@ -45,11 +45,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
     LlamaDecoderLayer,
-    LlamaMLP,
     LlamaModel,
-    LlamaRMSNorm,
+    apply_rotary_pos_emb,
     eager_attention_forward,
-    rotate_half,
 )
 
 # Attention implementations that read a missing mask as "attend to every key" for a one-token query
@@ -94,14 +92,6 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
 
-def _rms_norm(norm: LlamaRMSNorm, hidden: torch.Tensor) -> torch.Tensor:
-    """``LlamaRMSNorm.forward``'s arithmetic, step for step."""
-    dtype = hidden.dtype
-    hidden = hidden.to(torch.float32)
-    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * hidden.to(dtype)
-
-
 def llama_layer_step(
     layer: LlamaDecoderLayer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Cache, attention
 ) -> torch.Tensor:
@@ -109,24 +99,22 @@ def llama_layer_step(
 
     ``cos`` / ``sin`` are the token's rotary row ``[1, head_dim]``; ``attention``
     is the model's attention function (transformers' ``sdpa`` or eager one),
-    called without a mask: the token attends to the whole cache. Same
-    operations, in the same order, as the layer's ``forward``.
+    called without a mask: the token attends to the whole cache. The same
+    calls, in the same order, as the layer's and its attention's ``forward``.
     """
     attn = layer.self_attn
     head_dim = attn.head_dim
-    x = _rms_norm(layer.input_layernorm, hidden)
-    # [heads, head_dim] rows; [None, :, None] gives attention its [batch, heads, 1, head_dim] view.
+    x = layer.input_layernorm(hidden)
+    # [heads, head_dim] rows; the rotary function makes them [1, heads, head_dim], and [:, :, None] gives
+    # attention its [batch, heads, 1, head_dim] view.
     query = attn.q_proj(x).view(-1, head_dim)
     key = attn.k_proj(x).view(-1, head_dim)
-    value = attn.v_proj(x).view(-1, head_dim)
-    query = (query * cos) + (rotate_half(query) * sin)
-    key = (key * cos) + (rotate_half(key) * sin)
-    keys, values = cache.update(key[None, :, None], value[None, :, None], attn.layer_idx)
-    out, _ = attention(attn, query[None, :, None], keys, values, None, dropout=0.0, scaling=attn.scaling)
+    value = attn.v_proj(x).view(1, -1, 1, head_dim)
+    query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)
+    keys, values = cache.update(key[:, :, None], value, attn.layer_idx)
+    out, _ = attention(attn, query[:, :, None], keys, values, None, dropout=0.0, scaling=attn.scaling)
     hidden = hidden + attn.o_proj(out.reshape(1, -1))
-    x = _rms_norm(layer.post_attention_layernorm, hidden)
-    mlp = layer.mlp
-    return hidden + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
 def logits_processors(*, temperature: float, top_p: float, repetition_penalty: float) -> LogitsProcessorList:
@@ -167,10 +155,11 @@ class Decoder:
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self._step = torch.compile(self._decode_step, dynamic=False, mode=mode) if compile else self._decode_step
         self.lean = not compile and self.lean_supported(model)
-        # Slicing a ModuleList builds a new module: done once here, not per step as LlamaModel.forward does.
-        self._layers = tuple(model.model.layers[: model.model.config.num_hidden_layers]) if self.lean else ()
-        implementation = model.config.get_text_config(decoder=True)._attn_implementation
-        self._attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        if self.lean:
+            # Slicing a ModuleList builds a new module: done once here, not per step as LlamaModel.forward does.
+            self._layers = tuple(model.model.layers[: model.model.config.num_hidden_layers])
+            implementation = model.config.get_text_config(decoder=True)._attn_implementation
+            self._attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
 
     @staticmethod
     def lean_supported(model) -> bool:
@@ -179,8 +168,9 @@ class Decoder:
         Holds for transformers' ``LlamaModel`` of ``LlamaDecoderLayer`` s (exactly:
         subclasses may change the forward) with sdpa or eager attention and the
         default rotary embedding, whose values depend on the position alone, and
-        without hooks on the modules whose ``forward`` the step replaces (an
-        accelerate offload hook, say). Not for flash / flex attention (their
+        without hooks on the modules whose ``forward`` the step replaces (the
+        stack, its layers and their attention: an accelerate offload hook, say;
+        norms, projections and MLPs are called as modules). Not for flash / flex attention (their
         inputs are not a plain mask) nor for dynamic or long-context rotary
         variants (their tables change with the sequence length).
         """
@@ -192,13 +182,11 @@ class Decoder:
             and (config.rope_parameters or {}).get("rope_type", "default") == "default"
         ):
             return False
-        replaced = [stack, stack.norm]
+        replaced = [stack]
         for layer in stack.layers:
-            parts = (layer, layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm)
-            kinds = (LlamaDecoderLayer, LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRMSNorm)
-            if any(type(part) is not kind for part, kind in zip(parts, kinds, strict=True)):
+            if type(layer) is not LlamaDecoderLayer or type(layer.self_attn) is not LlamaAttention:
                 return False
-            replaced += parts
+            replaced += (layer, layer.self_attn)
         return not any(
             module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook") for module in replaced
         )
@@ -238,7 +226,7 @@ class Decoder:
         cos, sin = cos[0, position : position + 1], sin[0, position : position + 1]
         for layer in self._layers:
             hidden = llama_layer_step(layer, hidden, cos, sin, cache, self._attention)
-        return self.model.lm_head(_rms_norm(stack.norm, hidden))
+        return self.model.lm_head(stack.norm(hidden))
 
     @torch.inference_mode()
     def _rotary_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
