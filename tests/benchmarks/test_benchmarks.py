@@ -56,6 +56,16 @@ def test_generation_benchmark_smoke(run_benchmark):
 
 
 @pytest.mark.slow
+def test_as_served_benchmark_smoke(run_benchmark):
+    record = run_benchmark("as_served", "--smoke", "--load", "1", "--threads", "1")
+    results = record["results"]
+    assert results["greedy_outputs_identical"] is True
+    assert set(results["ways"]) == {"upstream web UI", "web UI"}
+    assert all(way["tokens_per_s"] > 0 and way["ttft_ms"] > 0 for way in results["ways"].values())
+    assert record["settings"]["load_processes"] == 1 and record["settings"]["threads"] == 1
+
+
+@pytest.mark.slow
 def test_memory_benchmark_smoke(run_benchmark):
     results = run_benchmark("memory", "--smoke")["results"]
     footprint = {load: runs[0]["footprint"] for load, runs in results["runs"].items()}

@@ -121,8 +121,9 @@ def test_cli_serves_the_named_model(launched, tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")  # the loader is faked; the command checks only that the file is there
     cli.main([str(model), "--load_8bit", "False", "--load_4bit", "True", "--server_name", "0.0.0.0",
-              "--auth", "alice:secret-enough", "--lang", "en", "--compile", "True"])  # fmt: skip
-    assert launched["load"] == (str(model), {"load_8bit": False, "load_4bit": True, "compile": True})
+              "--auth", "alice:secret-enough", "--lang", "en", "--compile", "True", "--threads", "3"])  # fmt: skip
+    expected = {"load_8bit": False, "load_4bit": True, "compile": True, "threads": 3}
+    assert launched["load"] == (str(model), expected)
     settings = launched["serve"]
     assert settings["server_name"] == "0.0.0.0" and settings["auth"] == ("alice", "secret-enough")
     assert settings["blocked_paths"] == [model]  # the model directory is never served

@@ -225,27 +225,84 @@ def test_stop_ends_the_answer_at_once(text_backend, monkeypatch):
     rig_logits(monkeypatch, text_backend.model, {ordinary_tokens(text_backend.tokenizer, "好")[0]: 0.0})
     calls = spy_tokens(monkeypatch, text_backend)
     stop = threading.Event()
-    params = GenerationParams(max_new_tokens=400, temperature=0, repetition_penalty=1.0)
+    params = GenerationParams(max_new_tokens=2000, temperature=0, repetition_penalty=1.0)
     pieces = text_backend.stream([{"role": "user", "content": "Go on and on."}], [], params, stop)
     next(pieces)
     stop.set()
-    assert list(pieces) == []
-    assert len(calls[0]["tokens"]) == 1  # no forward after the stop request
-    # Not stopped, the same request runs to the full length.
-    list(text_backend.stream([{"role": "user", "content": "Go on and on."}], [], params, threading.Event()))
-    assert len(calls[1]["tokens"]) == 400
+    decoded_at_stop = len(calls[0]["tokens"])
+    assert list(pieces) == []  # nothing more reaches the caller, though decoding ran ahead of it
+    # Not stopped, the same request runs to the full length (after the stopped one has ended).
+    short = GenerationParams(max_new_tokens=40, temperature=0, repetition_penalty=1.0)
+    list(text_backend.stream([{"role": "user", "content": "Go on and on."}], [], short, threading.Event()))
+    assert len(calls[1]["tokens"]) == 40
+    assert len(calls[0]["tokens"]) <= decoded_at_stop + 1  # at most the step under way when stop was set
 
 
 def test_abandoned_stream_ends_and_frees_the_model(text_backend, monkeypatch):
     rig_logits(monkeypatch, text_backend.model, {ordinary_tokens(text_backend.tokenizer, "好")[0]: 0.0})
     calls = spy_tokens(monkeypatch, text_backend)
-    params = GenerationParams(max_new_tokens=400, temperature=0)
+    params = GenerationParams(max_new_tokens=2000, temperature=0)
     pieces = text_backend.stream([{"role": "user", "content": "Go on."}], [], params, threading.Event())
     next(pieces)
     pieces.close()  # e.g. the browser went away
-    assert len(calls[0]["tokens"]) == 1
+    decoded_at_close = len(calls[0]["tokens"])
     # The next request is not kept waiting for the abandoned one.
     assert answer(text_backend, [{"role": "user", "content": "hi"}], GenerationParams(max_new_tokens=3, temperature=0))
+    assert len(calls[0]["tokens"]) <= decoded_at_close + 1
+
+
+def test_all_tensor_work_runs_on_the_compute_thread(image_backend, fused, monkeypatch):
+    """Loading aside, every forward and preprocessing runs on one thread, whichever thread consumes the stream."""
+    threads = []
+    record = lambda *_: threads.append(threading.get_ident())  # noqa: E731
+    # The prefill calls the model; decode steps call each layer's parts, the MLP among them.
+    hooks = [image_backend.model.register_forward_pre_hook(record)]
+    hooks.append(image_backend.model.model.layers[0].mlp.register_forward_pre_hook(record))
+    preprocess = image_backend.image_processor.preprocess
+    monkeypatch.setattr(
+        image_backend.image_processor,
+        "preprocess",
+        lambda image: (threads.append(threading.get_ident()), preprocess(image))[1],
+    )
+    session = session_with(image_backend, [("What is it?", 1, None)])
+    messages, images = session.conversation(SYSTEM, "before_text")
+    pieces = image_backend.stream(
+        messages, images, GenerationParams(max_new_tokens=8, temperature=0), threading.Event()
+    )
+    # Gradio asks for each piece from whichever worker thread is free.
+    consumers = [threading.Thread(target=next, args=(pieces, None)) for _ in range(3)]
+    for consumer in consumers:
+        consumer.start()
+        consumer.join()
+    pieces.close()
+    for hook in hooks:
+        hook.remove()
+    compute = image_backend.compute.call(threading.get_ident)
+    assert len(threads) >= 3 and set(threads) == {compute}
+    assert compute not in {threading.get_ident(), *(consumer.ident for consumer in consumers)}
+
+
+def test_from_pretrained_loads_on_the_compute_thread(fused_model_dir, monkeypatch):
+    import yuren_core.loading
+
+    loaded_on = []
+    load_model = yuren_core.loading.load_model
+
+    def recording(*args, **kwargs):
+        loaded_on.append(threading.get_ident())
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(yuren_core.loading, "load_model", recording)
+    threads = torch.get_num_threads()
+    try:
+        backend = ModelBackend.from_pretrained(fused_model_dir, threads=1)
+        assert loaded_on == [backend.compute.call(threading.get_ident)] != [threading.get_ident()]
+        assert backend.compute.call(torch.get_num_threads) == 1
+        assert "".join(backend.stream([{"role": "user", "content": "hi"}], [], GREEDY, threading.Event()))
+    finally:
+        torch.set_num_threads(threads)  # the setting is the process's
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        ModelBackend.from_pretrained(fused_model_dir, threads=0)
 
 
 def test_out_of_memory_reaches_the_caller_and_the_next_request_works(text_backend, monkeypatch):

@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode on a static KV cache with torch.compile (compiles on the first answers; pays on a GPU)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for the model's work (default: torch's, one per core). On a machine shared with other "
+        "busy programs, fewer threads than cores keep decoding steady (see benchmarks/README.md)",
+    )
+    parser.add_argument(
         "--server_name", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     parser.add_argument("--server_port", type=int, default=None, help="port (default: the first free one from 7860)")
@@ -214,7 +222,11 @@ def main(argv: list[str] | None = None) -> None:
             )
     try:
         backend = ModelBackend.from_pretrained(
-            model_path, load_8bit=args.load_8bit, load_4bit=args.load_4bit, compile=args.compile
+            model_path,
+            load_8bit=args.load_8bit,
+            load_4bit=args.load_4bit,
+            compile=args.compile,
+            threads=args.threads,
         )
     except OSError as error:
         # transformers' message names the model and what it looked for (a missing hub repo, a folder without config).

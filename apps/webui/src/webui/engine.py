@@ -1,18 +1,21 @@
-"""The real chat backend: a YuRen model decoding in the caller's thread, streamed as text.
+"""The real chat backend: a YuRen model decoding on its own compute thread, streamed as text.
 
 Prompts are rendered only by :func:`yuren_core.chatml.render` in
 generation-prompt mode, so the model sees history exactly as training rendered
 it. Tokens come from :class:`yuren_core.decoding.Decoder` (a lean loop over the
-model and its KV cache, sampling as ``generate`` does) one step per yield, so
-the request's stop event, checked before every step, ends the answer at once,
-and so does closing the stream.
+model and its KV cache, sampling as ``generate`` does), which checks the
+request's stop event before every step. All tensor work (loading, image
+preprocessing, decoding) runs on one :class:`~webui.compute.ComputeThread`,
+whichever of Gradio's threads asks for it (the module says why); the answer's
+text reaches the caller as it is decoded.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
@@ -32,6 +35,7 @@ from .backend import (
     is_out_of_memory,
     split_system,
 )
+from .compute import ComputeThread
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +54,11 @@ class ModelBackend:
 
     ``image_processor`` is ``None`` for a text-only model. ``context_length``
     defaults to the model's ``max_position_embeddings``. Generations run one at
-    a time: a second request waits for the first to finish. ``compile``
-    decodes with a static KV cache and a compiled step (see
-    :class:`~yuren_core.decoding.Decoder`).
+    a time on ``compute`` (a new :class:`~webui.compute.ComputeThread` by
+    default): a second request waits for the first to finish. For full speed on
+    a CPU the model should have been loaded on that thread too, as
+    :meth:`from_pretrained` does. ``compile`` decodes with a static KV cache
+    and a compiled step (see :class:`~yuren_core.decoding.Decoder`).
     """
 
     def __init__(
@@ -63,8 +69,10 @@ class ModelBackend:
         *,
         context_length: int | None = None,
         compile: bool = False,
+        compute: ComputeThread | None = None,
     ):
         self.model = model
+        self.compute = compute or ComputeThread()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_seq_len = getattr(model.config, "image_seq_len", None)
@@ -75,7 +83,6 @@ class ModelBackend:
         # The assistant's turn ends at <|im_end|>; the eos after it is only there in training data.
         self.eos_token_id = [ids.im_end, ids.eos]
         self.pad_token_id = ids.pad
-        self._generate_lock = threading.Lock()
         self.decoder = Decoder(model, compile=compile, max_cache_len=self._context_length)
 
     @classmethod
@@ -87,16 +94,26 @@ class ModelBackend:
         load_4bit: bool = False,
         device_map: str | dict | None = None,
         compile: bool = False,
+        threads: int | None = None,
     ) -> ModelBackend:
-        """Load a YuRen checkpoint (directory or hub id) with :func:`yuren_core.loading.load_model`."""
+        """Load a YuRen checkpoint (directory or hub id) with :func:`yuren_core.loading.load_model`.
+
+        The model is loaded on the backend's compute thread, which then does all
+        its work; ``threads`` sets torch's CPU threads (default: torch's own choice).
+        """
         from yuren_core.loading import load_model
 
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         if device_map is None and torch.cuda.is_available():
             device_map = "auto"
-        model, tokenizer, image_processor = load_model(
-            path, load_8bit=load_8bit, load_4bit=load_4bit, device_map=device_map
+        compute = ComputeThread()
+        if threads is not None:
+            compute.call(torch.set_num_threads, threads)
+        model, tokenizer, image_processor = compute.call(
+            load_model, path, load_8bit=load_8bit, load_4bit=load_4bit, device_map=device_map
         )
-        return cls(model, tokenizer, image_processor, compile=compile)
+        return cls(model, tokenizer, image_processor, compile=compile, compute=compute)
 
     @property
     def context_length(self) -> int:
@@ -110,7 +127,7 @@ class ModelBackend:
         """Preprocess one image to ``[3, H, W]`` pixel values, once, when it is uploaded."""
         if not self.supports_images:
             raise ImagesNotSupported("the loaded model reads text only")
-        return self.image_processor.preprocess(image)
+        return self.compute.call(self.image_processor.preprocess, image)
 
     def _fit(self, system: list, turns: list, starts: list[int], budget: int):
         """Render ``system`` + ``turns`` leaving out the fewest oldest user turns to fit ``budget`` tokens."""
@@ -160,33 +177,46 @@ class ModelBackend:
     ) -> Iterator[str]:
         """Yield the answer to ``messages`` as it is generated; see :meth:`webui.backend.ChatBackend.stream`.
 
-        Decoding runs in the consumer's thread, a token per step between two
-        yields: no worker thread to hand tokens over or to end. One answer is
-        generated at a time; another request waits for the lock.
+        The prompt is rendered here (so a prompt that cannot fit fails at the
+        first piece); decoding runs on the compute thread, after any answer
+        already queued there, and stops before its next step once
+        ``stop_event`` is set or this stream is closed. No piece is yielded
+        after the stop.
         """
         prompt = self.build_prompt(messages, images, params.max_new_tokens)
-        pixel_values = torch.stack(prompt.images).to(self.model.device) if prompt.images else None
-        with self._generate_lock:
-            try:
-                tokens = self.decoder.tokens(
-                    prompt.input_ids,
-                    pixel_values=pixel_values,
-                    max_new_tokens=int(params.max_new_tokens),
-                    temperature=float(params.temperature),
-                    top_p=float(params.top_p),
-                    repetition_penalty=float(params.repetition_penalty),
-                    stop_ids=self.eos_token_id,
-                    should_stop=stop_event.is_set,
-                )
-                text = TextDeltas(self.tokenizer)
-                for token in tokens:
-                    piece = text.add(token)
-                    if piece:
-                        yield piece
-                rest = text.flush()
-                if rest:
-                    yield rest
-            except BaseException as error:
-                if is_out_of_memory(error) and torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise
+
+        def answer(abandoned: Callable[[], bool]) -> Iterator[str]:
+            return self._answer(prompt, params, lambda: stop_event.is_set() or abandoned())
+
+        with closing(self.compute.stream(answer)) as pieces:
+            for piece in pieces:
+                if stop_event.is_set():
+                    return
+                yield piece
+
+    def _answer(self, prompt: Prompt, params: GenerationParams, should_stop: Callable[[], bool]) -> Iterator[str]:
+        """Decode the answer to ``prompt`` (on the compute thread), as text pieces."""
+        try:
+            pixel_values = torch.stack(prompt.images).to(self.model.device) if prompt.images else None
+            tokens = self.decoder.tokens(
+                prompt.input_ids,
+                pixel_values=pixel_values,
+                max_new_tokens=int(params.max_new_tokens),
+                temperature=float(params.temperature),
+                top_p=float(params.top_p),
+                repetition_penalty=float(params.repetition_penalty),
+                stop_ids=self.eos_token_id,
+                should_stop=should_stop,
+            )
+            text = TextDeltas(self.tokenizer)
+            for token in tokens:
+                piece = text.add(token)
+                if piece:
+                    yield piece
+            rest = text.flush()
+            if rest:
+                yield rest
+        except BaseException as error:
+            if is_out_of_memory(error) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise
