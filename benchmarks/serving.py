@@ -1,7 +1,7 @@
 """Serving: N concurrent chat clients against the web UI's in-process backend and vLLM, side by side.
 
 * ``in-process``: ``webui.engine.ModelBackend``, what ``webui MODEL`` runs:
-  ``model.generate`` in a thread, one answer at a time (later requests queue);
+  the decoder on its compute thread, one answer at a time (later requests queue);
 * ``vLLM``: ``vllm serve MODEL`` with the ``serving/yuren_vllm`` plugin
   (installed by ``serving/install-vllm.sh``), reached through
   ``webui.openai_backend.OpenAIBackend``, what ``webui --api_base`` runs:
