@@ -1,9 +1,9 @@
 """Generation: the web UI's streaming path against upstream's sampling loop, on one small YuRen model.
 
 * ``web UI``: ``webui.engine.ModelBackend.stream``: the prompt rendered by
-  ``yuren_core.chatml``, decoded by ``yuren_core.decoding.Decoder`` in the
-  caller's thread (per new token ``llama_layer_step`` for each decoder
-  layer: the layer's own parts, called in its order on one ``[1, hidden]`` row,
+  ``yuren_core.chatml``, decoded by ``yuren_core.decoding.Decoder`` (per
+  new token ``llama_layer_step`` for each decoder layer: the layer's own
+  parts, called in its order on one ``[1, hidden]`` row,
   without ``LlamaModel.forward``'s per-call mask and rotary work or the
   layers' wrappers; logits of the last prompt position only), streamed by
   ``TextDeltas``, on the backend's compute thread, the pieces handed to the

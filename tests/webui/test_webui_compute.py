@@ -13,8 +13,12 @@ def test_calls_run_in_order_on_one_other_thread():
     idents = [compute.call(threading.get_ident) for _ in range(3)]
     assert len(set(idents)) == 1 and idents[0] != threading.get_ident()
     assert compute.call(lambda a, *, b: a + b, 2, b=3) == 5
-    # A call made from the compute thread runs at once instead of waiting for itself.
-    assert compute.call(compute.call, threading.get_ident) == idents[0]
+    # A call made from the compute thread runs at once instead of waiting for itself (which would hang).
+    nested = []
+    caller = threading.Thread(target=lambda: nested.append(compute.call(compute.call, threading.get_ident)))
+    caller.start()
+    caller.join(10)
+    assert nested == [idents[0]]
 
 
 def test_errors_reach_the_caller():
@@ -103,5 +107,25 @@ def test_a_stream_consumed_on_the_compute_thread_runs_inline():
     def produce(abandoned):
         yield threading.get_ident()
 
-    inner = compute.call(lambda: list(compute.stream(produce)))
+    inner = []
+    caller = threading.Thread(target=lambda: inner.extend(compute.call(lambda: list(compute.stream(produce)))))
+    caller.start()
+    caller.join(10)  # waiting for itself would hang
     assert inner == [compute.call(threading.get_ident)]
+
+
+def test_a_producer_that_ignores_abandonment_still_ends_once_the_stream_is_closed():
+    compute = ComputeThread()
+    produced = []
+
+    def produce(abandoned):
+        for i in range(10**7):
+            produced.append(i)
+            yield i
+
+    stream = compute.stream(produce)
+    next(stream)
+    stream.close()
+    at_close = len(produced)
+    compute.call(lambda: None)  # queued behind the producer: returns once it has ended
+    assert len(produced) <= at_close + 1
