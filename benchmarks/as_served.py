@@ -12,7 +12,10 @@ with one team; this script times them as their web UIs run them:
   (``generation.upstream_stream``) iterated from anyio worker threads;
 * ``web UI``: ``ModelBackend.from_pretrained`` (which loads on the backend's
   compute thread) and ``ModelBackend.stream`` iterated from anyio worker
-  threads, the decoding on the compute thread.
+  threads, the decoding on the compute thread, in a process whose OpenMP
+  starts with the ``webui`` command's short spin
+  (``webui.compute.short_spin_environment``; a ``GOMP_SPINCOUNT`` or
+  ``OMP_WAIT_POLICY`` of your own applies to both ways instead).
 
 Each way runs in a worker process of its own, started once; runs alternate
 between them. Same prompt and settings as ``generation.py`` (one image, 256
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,12 +43,12 @@ import threading
 import time
 from pathlib import Path
 
-from common import build_fused, median, print_table, target, write_record
+from common import build_fused, busy_processes, median, print_table, target, write_record
+
+from webui.compute import short_spin_environment
 
 UPSTREAM, WEB_UI = "upstream web UI", "web UI"
 WORKER_FLAGS = {UPSTREAM: "upstream", WEB_UI: "webui"}
-# A competing process: single-threaded products of 1024 x 1024 matrices, forever.
-LOAD = "import torch; torch.set_num_threads(1); a = torch.randn(1024, 1024)\nwhile True: a @ a"
 
 
 def worker(way: str, checkpoint: Path, new_tokens: int, threads: int | None) -> None:
@@ -123,8 +127,14 @@ class Worker:
         command = [sys.executable, __file__, "--worker", WORKER_FLAGS[way], "--checkpoint", str(checkpoint)]
         if threads is not None:
             command += ["--threads", str(threads)]
+        # The web UI's process starts OpenMP with a short spin (webui.compute says why); upstream's with the default.
+        env = {**os.environ, **(short_spin_environment(os.environ) if way == WEB_UI else {})}
         self.process = subprocess.Popen(
-            [*command, "--new-tokens", str(new_tokens)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [*command, "--new-tokens", str(new_tokens)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         if self.process.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {way} worker failed to start (its messages are above)")
@@ -169,22 +179,19 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(0)
         checkpoint = build_fused(Path(workdir), **size)
         workers = {way: Worker(way, checkpoint, args.new_tokens, args.threads) for way in WORKER_FLAGS}
-        load = []
         try:
             texts = {way: run("greedy")["text"] for way, run in workers.items()}
             if len(set(texts.values())) != 1:
                 raise AssertionError(f"greedy answers differ between the ways: {texts}")
             for run in workers.values():
                 run("run")  # warm-up
-            load = [subprocess.Popen([sys.executable, "-c", LOAD]) for _ in range(args.load)]
             runs: dict[str, list[dict]] = {way: [] for way in workers}
-            for round_index in range(args.repeats):
-                order = list(workers)[round_index % 2 :] + list(workers)[: round_index % 2]
-                for way in order:
-                    runs[way].append(workers[way]("run"))
+            with busy_processes(args.load):
+                for round_index in range(args.repeats):
+                    order = list(workers)[round_index % 2 :] + list(workers)[: round_index % 2]
+                    for way in order:
+                        runs[way].append(workers[way]("run"))
         finally:
-            for process in load:
-                process.kill()
             for run in workers.values():
                 run.close()
 

@@ -14,9 +14,11 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # OpenMP's wait settings, as this process started with them (the web UI sets GOMP_SPINCOUNT; see webui.compute).
+        "openmp": {name: os.environ[name] for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if name in os.environ},
         "memory_gib": memory_gib,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
@@ -86,6 +90,23 @@ def interleaved(
             contenders[name]()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+# A competing process: single-threaded products of 1024 x 1024 matrices, forever.
+BUSY = "import torch; torch.set_num_threads(1); a = torch.randn(1024, 1024)\nwhile True: a @ a"
+
+
+@contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """Run ``count`` processes that each keep one core busy, for as long as the block runs: a shared machine."""
+    processes = []
+    try:
+        processes = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(count)]
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
 
 
 def median(values: Sequence[float]) -> float:

@@ -20,13 +20,16 @@
 The checkpoint is built and loaded, and upstream's loop runs, on the web
 UI's compute thread (``webui.compute.ComputeThread``): the process has one
 team of OpenMP threads, as the web UI has, and upstream's loop is timed
-where it runs, with no hand-over of its pieces.
+where it runs, with no hand-over of its pieces. OpenMP starts with the
+``webui`` command's short spin (``webui.compute.short_spin_environment``),
+for both ways.
 
 Both answer the same ~300-token prompt (one image of 256 patch tokens and a
 question) with 256 new tokens, sampling with the web UI's default settings.
 The model is random, so its end-of-turn tokens are given a large negative
 output bias: every answer runs the full 256 tokens. Before timing, both ways
-decode greedily and must produce the same text.
+decode greedily and must produce the same text. ``--load N`` runs N busy
+processes (``common.busy_processes``) beside the timed runs: a shared machine.
 
 Reported per way (median of ``--repeats`` interleaved runs): time to first
 token (first text the caller receives) and tokens per second over the whole
@@ -39,11 +42,19 @@ web UI's decode steps run a layer: the same arithmetic in every way) and
 everything around them (the stack's per-call work, sampling, streaming, bookkeeping).
 
     uv run python benchmarks/generation.py            # ~3 minutes on 2 cores, quiet
+    uv run python benchmarks/generation.py --load 1   # with one competing process (a shared machine)
     uv run python benchmarks/generation.py --compile  # plus the compiled static-cache path
     uv run python benchmarks/generation.py --smoke    # tiny model, 16 tokens, seconds
 """
 
 from __future__ import annotations
+
+import os
+
+from webui.compute import short_spin_environment
+
+# Before torch loads OpenMP, which reads its settings once: both ways run with the web UI's short spin.
+os.environ.update(short_spin_environment(os.environ))
 
 import argparse
 import cProfile
@@ -57,7 +68,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import build_fused, interleaved, median, print_table, ratio_of_medians, target, write_record
+from common import build_fused, busy_processes, interleaved, median, print_table, ratio_of_medians, target, write_record
 from PIL import Image
 from transformers import (
     LogitsProcessorList,
@@ -226,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--compile", action="store_true", help="also time the web UI path with a static cache and torch.compile"
     )
+    parser.add_argument("--load", type=int, default=0, help="busy processes running beside the timed answers")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 16 tokens: proves the script runs")
     parser.add_argument("--output", type=Path, help="JSON file to write (default benchmarks/results/generation.json)")
     args = parser.parse_args(argv)
@@ -301,7 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         return run
 
-    interleaved({name: recorded(name) for name in ways}, args.repeats)
+    with busy_processes(args.load):
+        interleaved({name: recorded(name) for name in ways}, args.repeats)
     summary = {}
     for name, runs in outcomes.items():
         runs = runs[1:]  # the warm-up run
@@ -316,7 +329,8 @@ def main(argv: list[str] | None = None) -> dict:
     def first_recorded(name):
         return lambda: firsts[name].append(first_pieces[name](sampling))
 
-    interleaved({name: first_recorded(name) for name in first_pieces}, args.ttft_repeats)
+    with busy_processes(args.load):
+        interleaved({name: first_recorded(name) for name in first_pieces}, args.ttft_repeats)
     for name, runs in firsts.items():
         runs = runs[1:]  # the warm-up run
         summary[name]["first_piece_ttft_ms"] = median([r["ttft"] for r in runs]) * 1e3
@@ -330,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
     ttft_ratio, ttft_ratio_whole_answers = ttft_ratio_of(firsts), ttft_ratio_of(outcomes)
     print_table(
         f"Generation: {len(prompt.input_ids)}-token prompt with one image, {args.new_tokens} new tokens, "
-        f"{args.layers} layers x {args.hidden} hidden; median of {args.repeats}",
+        f"{args.layers} layers x {args.hidden} hidden, {args.load} busy processes beside; median of {args.repeats}",
         [
             "way",
             "TTFT ms",
@@ -415,6 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "repetition_penalty": 1.1},
         "repeats": args.repeats,
         "ttft_repeats": args.ttft_repeats,
+        "load_processes": args.load,
         "smoke": args.smoke,
         "compile": args.compile,
         "torch_threads": torch.get_num_threads(),

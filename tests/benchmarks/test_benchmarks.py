@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+from webui.compute import short_spin_environment
 
 
 def test_splice_benchmark_checks_identical_outputs(run_benchmark):
@@ -44,7 +48,12 @@ def test_training_benchmark_smoke(run_benchmark):
 
 @pytest.mark.slow
 def test_generation_benchmark_smoke(run_benchmark):
-    results = run_benchmark("generation", "--smoke")["results"]
+    record = run_benchmark("generation", "--smoke", "--load", "1")
+    results = record["results"]
+    assert record["settings"]["load_processes"] == 1
+    # Both ways run with OpenMP set as the web UI sets it (or as the user chose).
+    chosen = {name: os.environ[name] for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if name in os.environ}
+    assert record["machine"]["openmp"] == (chosen or short_spin_environment(os.environ))
     assert results["greedy_outputs_identical"] is True
     assert results["prompt_tokens"] > 256  # one image of 256 patch tokens plus the text
     assert all(way["tokens_per_s"] > 0 for way in results["ways"].values())

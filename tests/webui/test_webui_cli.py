@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -164,3 +167,39 @@ def test_8bit_and_4bit_together_are_refused_before_loading(capsys):
         cli.main(["/nowhere", "--load_8bit", "True", "--load_4bit", "True"])
     assert exited.value.code == 2
     assert "webui: error: choose one of --load_8bit True and --load_4bit True, not both" in capsys.readouterr().err
+
+
+# Runs the command in a fresh process with the engine replaced: it reports OpenMP's spin setting and whether torch
+# was already loaded (OpenMP reads the setting then) when the command turned to loading the model.
+SPIN_PROBE = """
+import os, sys, types
+import webui.__main__ as cli
+
+class ModelBackend:
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        print(os.environ.get("GOMP_SPINCOUNT", "unset"), "torch" in sys.modules)
+        raise SystemExit(0)
+
+engine = types.ModuleType("webui.engine")
+engine.ModelBackend = ModelBackend
+sys.modules["webui.engine"] = engine
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(
+    "chosen, expected",
+    [({}, "1000"), ({"GOMP_SPINCOUNT": "7"}, "7"), ({"OMP_WAIT_POLICY": "active"}, "unset")],
+)
+def test_the_command_starts_openmp_with_a_short_spin_unless_the_user_chose(tmp_path, chosen, expected):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    unset = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", AUTH_ENV)
+    env = {name: value for name, value in os.environ.items() if name not in unset} | chosen
+    done = subprocess.run(
+        [sys.executable, "-c", SPIN_PROBE, str(model)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [expected, "False"]

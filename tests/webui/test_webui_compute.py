@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from webui.compute import ComputeThread
+from webui.compute import SHORT_SPIN, ComputeThread, short_spin_environment
 
 
 def test_calls_run_in_order_on_one_other_thread():
@@ -129,3 +129,9 @@ def test_a_producer_that_ignores_abandonment_still_ends_once_the_stream_is_close
     at_close = len(produced)
     compute.call(lambda: None)  # queued behind the producer: returns once it has ended
     assert len(produced) <= at_close + 1
+
+
+def test_openmp_starts_with_a_short_spin_unless_the_user_chose():
+    assert short_spin_environment({"PATH": "/bin"}) == {"GOMP_SPINCOUNT": str(SHORT_SPIN)}
+    assert short_spin_environment({"GOMP_SPINCOUNT": "300000"}) == {}
+    assert short_spin_environment({"OMP_WAIT_POLICY": "active"}) == {}

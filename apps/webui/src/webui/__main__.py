@@ -32,6 +32,7 @@ from .auth import (
     check_exposure,
     resolve_credentials,
 )
+from .compute import short_spin_environment
 from .languages import LANGUAGES
 
 
@@ -198,6 +199,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.auth_file is not None and not auth_file_is_private(args.auth_file):
         print(f"webui: warning: {args.auth_file} can be read by other users; chmod 600 it", file=sys.stderr)
 
+    if "torch" not in sys.modules:  # OpenMP reads its settings once, when torch loads it
+        spin = short_spin_environment(os.environ)
+        os.environ.update(spin)
+        if spin:
+            logging.getLogger("webui").info(
+                "OpenMP helper threads spin briefly, then sleep (%s; set GOMP_SPINCOUNT or OMP_WAIT_POLICY to choose)",
+                ", ".join(f"{name}={value}" for name, value in spin.items()),
+            )
     from .engine import ModelBackend
 
     if args.api_base:

@@ -10,12 +10,19 @@ whichever of its worker threads is free, while the model was loaded in the
 main thread, so decoding there ran in exactly that state. A backend that
 loads, preprocesses and decodes on one :class:`ComputeThread` keeps a single
 team, as a plain script has.
+
+That team's idle helpers then spin for a long while (GNU OpenMP's default
+is 300,000 spins) waiting for the next op: fastest on an idle machine, but
+on one shared with other busy programs the kernel takes the core from a
+spinning helper, and every parallel op waits a time slice for it. The web
+UI therefore starts OpenMP with a short spin (:func:`short_spin_environment`):
+helpers that wait longer than that sleep, and are woken when work comes.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import closing
 from queue import SimpleQueue
@@ -24,6 +31,22 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _ITEM, _END, _ERROR = "item", "end", "error"
+
+# Spins before an idle GNU OpenMP helper sleeps: a few microseconds. Chosen by a sweep as served
+# (benchmarks/README.md, "As served"): a little slower than the default on an idle machine, far faster on a busy one.
+SHORT_SPIN = 1000
+
+
+def short_spin_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables to add to ``environ`` so that GNU OpenMP's idle helpers spin briefly, then sleep.
+
+    Empty when the user has chosen already (``GOMP_SPINCOUNT`` or
+    ``OMP_WAIT_POLICY`` set). OpenMP reads them once, when torch loads it:
+    apply them before torch is imported, or to a new process's environment.
+    """
+    if "GOMP_SPINCOUNT" in environ or "OMP_WAIT_POLICY" in environ:
+        return {}
+    return {"GOMP_SPINCOUNT": str(SHORT_SPIN)}
 
 
 class ComputeThread:
