@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from common import build_fused, busy_processes, median, print_table, target, write_record
@@ -56,7 +55,7 @@ def worker(way: str, checkpoint: Path, new_tokens: int, threads: int | None) -> 
     import anyio
     import torch
     import transformers
-    from generation import QUESTION, suppress_end_of_turn, upstream_stream
+    from generation import QUESTION, AnswerClock, suppress_end_of_turn, upstream_stream
     from PIL import Image
 
     from webui.backend import GenerationParams
@@ -82,7 +81,7 @@ def worker(way: str, checkpoint: Path, new_tokens: int, threads: int | None) -> 
 
     def pieces(params):
         if way == "webui":
-            return backend.stream(messages, [image], params, threading.Event()), False
+            return backend.stream(messages, [image], params, threading.Event())
         prompt = backend.build_prompt(messages, [image], params.max_new_tokens)
 
         @torch.inference_mode()
@@ -96,17 +95,15 @@ def worker(way: str, checkpoint: Path, new_tokens: int, threads: int | None) -> 
                 backend.eos_token_id,
             )
 
-        return loop(), True
+        return loop()
 
     async def drain(params) -> dict:
-        stream, cumulative = pieces(params)
+        clock = AnswerClock(cumulative=way == "upstream")
+        stream = pieces(params)
         end = object()
-        start, first, text = time.perf_counter(), None, ""
         while (piece := await anyio.to_thread.run_sync(next, stream, end)) is not end:
-            if first is None and piece:
-                first = time.perf_counter() - start
-            text = piece if cumulative else text + piece
-        return {"ttft": first, "total": time.perf_counter() - start, "text": text}
+            clock.add(piece)
+        return clock.result()
 
     async def serve() -> None:
         commands = {

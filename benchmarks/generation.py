@@ -125,19 +125,35 @@ def suppress_end_of_turn(model, token_ids: list[int]) -> None:
     head.bias = torch.nn.Parameter(bias, requires_grad=False)
 
 
-def consume(pieces: Iterator[str], *, cumulative: bool) -> dict[str, float | str]:
-    """Drain a stream; seconds to its first non-empty piece and to its end, and the final text.
+class AnswerClock:
+    """Times one streamed answer from its creation: seconds to its first non-empty piece and to its end, and its text.
 
     A ``cumulative`` stream yields the whole answer so far each time (upstream's); otherwise new text only.
     """
-    start = time.perf_counter()
-    first = None
-    text = ""
+
+    def __init__(self, *, cumulative: bool):
+        self.cumulative = cumulative
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.text = ""
+
+    def add(self, piece: str) -> None:
+        if self.first is None and piece:
+            self.first = time.perf_counter() - self.start
+        self.text = piece if self.cumulative else self.text + piece
+
+    def result(self) -> dict[str, float | str]:
+        """``ttft`` (NaN for an answer with no text), ``total`` seconds, and ``text``."""
+        ttft = self.first if self.first is not None else float("nan")
+        return {"ttft": ttft, "total": time.perf_counter() - self.start, "text": self.text}
+
+
+def consume(pieces: Iterator[str], *, cumulative: bool) -> dict[str, float | str]:
+    """Drain a stream, timed by :class:`AnswerClock`."""
+    clock = AnswerClock(cumulative=cumulative)
     for piece in pieces:
-        if first is None and piece:
-            first = time.perf_counter() - start
-        text = piece if cumulative else text + piece
-    return {"ttft": first if first is not None else float("nan"), "total": time.perf_counter() - start, "text": text}
+        clock.add(piece)
+    return clock.result()
 
 
 def first_piece(pieces: Iterator[str], cpu_clock: int) -> dict[str, float]:
