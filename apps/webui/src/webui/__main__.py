@@ -172,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def start_openmp_with_a_short_spin() -> None:
+    """Set :func:`webui.compute.short_spin_environment` for this process, if torch (and OpenMP) is not loaded yet.
+
+    OpenMP reads its settings once, when torch loads it; later changes would not apply.
+    """
+    if "torch" in sys.modules:
+        return
+    spin = short_spin_environment(os.environ)
+    os.environ.update(spin)
+    if spin:
+        logging.getLogger("webui").info(
+            "OpenMP helper threads spin briefly, then sleep (%s; set GOMP_SPINCOUNT or OMP_WAIT_POLICY to choose)",
+            ", ".join(f"{name}={value}" for name, value in spin.items()),
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -199,16 +215,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.auth_file is not None and not auth_file_is_private(args.auth_file):
         print(f"webui: warning: {args.auth_file} can be read by other users; chmod 600 it", file=sys.stderr)
 
-    if "torch" not in sys.modules:  # OpenMP reads its settings once, when torch loads it
-        spin = short_spin_environment(os.environ)
-        os.environ.update(spin)
-        if spin:
-            logging.getLogger("webui").info(
-                "OpenMP helper threads spin briefly, then sleep (%s; set GOMP_SPINCOUNT or OMP_WAIT_POLICY to choose)",
-                ", ".join(f"{name}={value}" for name, value in spin.items()),
-            )
-    from .engine import ModelBackend
-
     if args.api_base:
         serve_remote(args, auth)
         return
@@ -229,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{model_path}: {problem}; pass a YuRen checkpoint directory (stage 3's --output_dir) "
                 "or a hub id such as pleisto/yuren-baichuan-7b"
             )
+    # Here, not earlier: the demo builder (a process of its own) keeps the user's environment.
+    start_openmp_with_a_short_spin()
+    from .engine import ModelBackend
+
     try:
         backend = ModelBackend.from_pretrained(
             model_path,
