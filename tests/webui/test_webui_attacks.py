@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
@@ -27,7 +28,7 @@ from webui_helpers import gated_server, served, user_texts, wait_for
 from webui.app import Limits, build_app
 from webui.backend import GenerationParams
 from webui.engine import ModelBackend
-from webui.guard import BodyLimits
+from webui.guard import BodyLimits, waiting_events
 from webui.labels import EN
 from webui.server import serve
 
@@ -352,3 +353,32 @@ def test_the_simple_call_api_is_capped_too(fake_backend):
         assert statuses.count(200) <= 3 and statuses[-1] == 429
         refused = httpx.post(f"{url}gradio_api/call/v2/chat", json={"message": {"text": "v2", "files": []}})
         assert refused.status_code == 429
+
+
+def test_a_page_still_opening_does_not_hold_up_its_first_message(fake_backend):
+    """What a page queues by itself when it opens (today's date for the system prompt) is not a waiting message."""
+    backend = fake_backend()
+    app = build_app(backend, lang="en")
+    opening = next(index for index, fn in app.fns.items() if any(target[1] == "load" for target in fn.targets))
+    load = app.fns[opening]
+    held = threading.Event()
+    original = load.fn
+
+    def slow_load(*args):
+        held.wait(20)
+        return original(*args)
+
+    load.fn = slow_load
+    with served(app) as url:
+        try:
+            # Another page's opening runs (held); this page's opening waits behind it in its own group.
+            assert join(url, opening, [], uuid.uuid4().hex).status_code == 200
+            wait_for(lambda: len(waiting_events(app)) == 0)
+            page = uuid.uuid4().hex
+            assert join(url, opening, [], page).status_code == 200
+            wait_for(lambda: [event.session_hash for event in waiting_events(app)] == [page])
+            message = [{"text": "typed at once", "files": []}, None, "sys", 0.9, 0, 8, 1.1]
+            assert join(url, fn_index(url, "chat"), message, page).status_code == 200
+            assert user_texts(outcome(url, page)["output"]["data"][0]) == ["typed at once"]
+        finally:
+            held.set()

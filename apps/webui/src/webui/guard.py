@@ -8,7 +8,10 @@
   declared length is refused, one over the bound gets a 413 with a message;
 * slows failed logins per client (:class:`~webui.auth.LoginThrottle`);
 * caps how many requests one session, and one client address, may have
-  waiting in the queue, so one user cannot fill it.
+  waiting in the queue for the same thing (the same concurrency group: the
+  model, for chat and retry), so one user cannot fill it; what a page
+  queues by itself when it opens (a component's value computed per page
+  load) waits apart and does not count against a message.
 
 :func:`cancel_waiting` takes a session's requests out of the queue (Stop).
 This module is the only one that touches Gradio's queue internals
@@ -92,10 +95,13 @@ async def respond(send: Send, status: int, message: str, headers: dict[str, str]
     await send({"type": "http.response.body", "body": body})
 
 
-def waiting_events(blocks) -> list:
-    """The requests in ``blocks``' queue that have not started."""
-    queue = blocks._queue
-    return [event for group in list(queue.event_queue_per_concurrency_id.values()) for event in list(group.queue)]
+def waiting_events(blocks, concurrency_id: str | None = None) -> list:
+    """The requests in ``blocks``' queue that have not started: all, or those of one concurrency group."""
+    groups = blocks._queue.event_queue_per_concurrency_id
+    if concurrency_id is not None:
+        group = groups.get(concurrency_id)
+        return list(group.queue) if group is not None else []
+    return [event for group in list(groups.values()) for event in list(group.queue)]
 
 
 def event_client(event) -> str:
@@ -155,8 +161,9 @@ class RequestGuard:
     """ASGI middleware: body bounds, login backoff and per-session queue caps (see the module docstring).
 
     ``blocks`` is the Gradio app whose queue is capped; ``max_waiting_per_session``
-    and ``max_waiting_per_address`` (``None``: no cap) count requests waiting
-    for the model, the running one aside.
+    and ``max_waiting_per_address`` (``None``: no cap) count the requests
+    waiting in the new one's concurrency group (for chat: the model), the
+    running one aside.
     """
 
     def __init__(
@@ -305,7 +312,7 @@ class RequestGuard:
         address = client_key(client[0] if client else None)
         # Held across check and push, so simultaneous joins from one session cannot all pass the check.
         async with self._join_lock:
-            waiting = waiting_events(self.blocks) if capped else []
+            waiting = waiting_events(self.blocks, fn.concurrency_id) if capped else []
             if capped and isinstance(session_hash, str):
                 mine = sum(event.session_hash == session_hash for event in waiting)
                 if mine >= self.max_waiting_per_session:
