@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from make_tiny_model.sample_data import SAMPLE_CONVERSATIONS
+from webui.compute import OPENMP_WAIT_VARIABLES
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
@@ -61,7 +62,7 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         # OpenMP's wait settings, as this process started with them (the web UI sets GOMP_SPINCOUNT; see webui.compute).
-        "openmp": {name: os.environ[name] for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if name in os.environ},
+        "openmp": {name: os.environ[name] for name in OPENMP_WAIT_VARIABLES if name in os.environ},
         "memory_gib": memory_gib,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from webui.compute import short_spin_environment
+from webui.compute import OPENMP_WAIT_VARIABLES, short_spin_environment
 
 
 def test_splice_benchmark_checks_identical_outputs(run_benchmark):
@@ -52,7 +52,7 @@ def test_generation_benchmark_smoke(run_benchmark):
     results = record["results"]
     assert record["settings"]["load_processes"] == 1
     # Both ways run with OpenMP set as the web UI sets it (or as the user chose).
-    chosen = {name: os.environ[name] for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if name in os.environ}
+    chosen = {name: os.environ[name] for name in OPENMP_WAIT_VARIABLES if name in os.environ}
     assert record["machine"]["openmp"] == (chosen or short_spin_environment(os.environ))
     assert results["greedy_outputs_identical"] is True
     assert results["prompt_tokens"] > 256  # one image of 256 patch tokens plus the text

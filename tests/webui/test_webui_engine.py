@@ -242,16 +242,16 @@ def test_abandoned_stream_ends_and_frees_the_model(text_backend, monkeypatch):
     tokenizer = text_backend.tokenizer
     # One character, then a byte that never completes one: after the first piece no more pieces come, so only
     # the engine's own check before each step (not the compute thread dropping the next piece) can end it.
-    rig_logits(monkeypatch, text_backend.model, {ordinary_tokens(tokenizer, "好")[0]: 0.0})
     head = text_backend.model.get_output_embeddings()
-    first_piece = head.forward
-    incomplete = torch.full((head.out_features,), -1e4)
+    character, incomplete = torch.full((2, head.out_features), -1e4)
+    character[ordinary_tokens(tokenizer, "好")[0]] = 0.0
     incomplete[tokenizer.convert_tokens_to_ids("<0xE4>")] = 0.0
     forwards = []
 
     def forward(hidden):
         forwards.append(None)
-        return first_piece(hidden) if len(forwards) == 1 else incomplete.expand(*hidden.shape[:-1], -1).clone()
+        logits = character if len(forwards) == 1 else incomplete
+        return logits.expand(*hidden.shape[:-1], -1).clone()
 
     monkeypatch.setattr(head, "forward", forward)
     calls = spy_tokens(monkeypatch, text_backend)

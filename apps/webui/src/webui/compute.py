@@ -36,6 +36,8 @@ _ITEM, _END, _ERROR = "item", "end", "error"
 # against the default's ~8 ms). Chosen by a sweep as served
 # (benchmarks/README.md, "As served"): a little slower than the default on an idle machine, far faster on a busy one.
 SHORT_SPIN = 1000
+# The variables by which a user chooses how GNU OpenMP's idle helpers wait; either one set leaves the choice to them.
+OPENMP_WAIT_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 
 
 def short_spin_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -45,7 +47,7 @@ def short_spin_environment(environ: Mapping[str, str]) -> dict[str, str]:
     ``OMP_WAIT_POLICY`` set). OpenMP reads them once, when torch loads it:
     apply them before torch is imported, or to a new process's environment.
     """
-    if "GOMP_SPINCOUNT" in environ or "OMP_WAIT_POLICY" in environ:
+    if any(name in environ for name in OPENMP_WAIT_VARIABLES):
         return {}
     return {"GOMP_SPINCOUNT": str(SHORT_SPIN)}
 
