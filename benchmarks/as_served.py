@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         transformers.logging.set_verbosity_error()
         torch.manual_seed(0)
-        checkpoint = build_fused(Path(workdir), **size)
+        # Saved in bf16 as upstream's released checkpoint; each way loads it in fp32 on a CPU (load_model's default).
+        checkpoint = build_fused(Path(workdir), **size, dtype=torch.bfloat16)
         workers = {way: Worker(way, checkpoint, args.new_tokens, args.threads) for way in WORKER_FLAGS}
         try:
             texts = {way: run("greedy")["text"] for way, run in workers.items()}

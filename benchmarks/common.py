@@ -211,11 +211,12 @@ def build_fused(
     patch_size: int = 14,
     vision_width: int = 64,
     vision_layers: int = 2,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """A saved YuRen checkpoint (random weights): a prepared base of the given size plus a small open_clip ViT.
 
     The default tower sees 224 x 224 images in 14-pixel patches, so an image is
-    256 patch tokens, as with the real ViT-L/14.
+    256 patch tokens, as with the real ViT-L/14. The weights are saved in ``dtype``.
     """
     from make_tiny_model.clip import build_tiny_clip
     from yuren_core.loading import build_fused_model
@@ -232,7 +233,7 @@ def build_fused(
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model, tokenizer, _ = build_fused_model(base, f"local-dir:{clip}")
+        model, tokenizer, _ = build_fused_model(base, f"local-dir:{clip}", dtype=dtype)
     fused = Path(out_dir) / "fused"
     model.save_pretrained(fused)
     tokenizer.save_pretrained(fused)

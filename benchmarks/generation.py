@@ -2,10 +2,10 @@
 
 * ``web UI``: ``webui.engine.ModelBackend.stream``: the prompt rendered by
   ``yuren_core.chatml``, decoded by ``yuren_core.decoding.Decoder`` (per
-  new token ``llama_layer_step`` for each decoder layer: the layer's own
-  parts, called in its order on one ``[1, hidden]`` row,
-  without ``LlamaModel.forward``'s per-call mask and rotary work or the
-  layers' wrappers; logits of the last prompt position only), streamed by
+  new token ``yuren_core.llama_step.LlamaStep``: each decoder layer's
+  arithmetic in its order on one ``[1, hidden]`` row, without
+  ``LlamaModel.forward``'s per-call mask and rotary work or the layers'
+  wrappers, the projections fused; logits of the last prompt position only), streamed by
   ``TextDeltas``, on the backend's compute thread, the pieces handed to the
   caller's thread as they come: what a browser receives;
   with ``--compile`` also the same path on a static cache with ``torch.compile``;
@@ -37,7 +37,7 @@ answer. Since a whole answer yields one TTFT sample, the TTFT target is
 decided on ``--ttft-repeats`` further interleaved runs that close each stream
 at its first piece (wall time, and the CPU time of the compute thread, which
 does every way's work and which other jobs on a shared machine do not stretch). A cProfile of each way splits the time per token into the model's
-decoder layers (``LlamaDecoderLayer.forward``, or ``llama_layer_step`` where the
+decoder layers (``LlamaDecoderLayer.forward``, or ``LlamaStep.layer`` where the
 web UI's decode steps run a layer: the same arithmetic in every way) and
 everything around them (the stack's per-call work, sampling, streaming, bookkeeping).
 
@@ -83,7 +83,7 @@ from webui.backend import GenerationParams
 from webui.compute import ComputeThread
 from webui.engine import ModelBackend
 from yuren_core.chatml import user_content
-from yuren_core.decoding import llama_layer_step
+from yuren_core.llama_step import LlamaStep
 from yuren_core.loading import load_model
 
 QUESTION = "请仔细观察这张图片, 描述画面中的主要物体、它们的颜色和位置, 并说明这张图片可能是在什么场合拍摄的。"
@@ -201,7 +201,7 @@ def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
     """cProfile ``run()`` (calling thread only): time in the decoder layers against everything around them.
 
     Returns the ms per new token inside a decoder layer (``LlamaDecoderLayer.forward``, or
-    ``yuren_core.decoding.llama_layer_step`` for the web UI's decode steps: the arithmetic every
+    ``yuren_core.llama_step.LlamaStep.layer`` for the web UI's decode steps: the arithmetic every
     way shares) and outside it, and the Python functions outside the model with the most own
     time (ms per token).
     """
@@ -211,7 +211,7 @@ def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
     profiler.disable()
     stats = pstats.Stats(profiler).stats
     total = sum(entry[2] for entry in stats.values())
-    layers = [inspect.unwrap(LlamaDecoderLayer.forward).__code__, llama_layer_step.__code__]
+    layers = [inspect.unwrap(LlamaDecoderLayer.forward).__code__, LlamaStep.layer.__code__]
     model = sum(
         entry[3]
         for (file, line, name), entry in stats.items()
@@ -223,7 +223,7 @@ def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
         "yuren_core/modeling.py",
         "transformers/integrations/",
         "cache_utils",
-        "yuren_core/decoding.py:llama_layer_step",
+        "yuren_core/llama_step.py:layer",
     )
     outside = sorted(
         (
@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
             intermediate_size=args.intermediate,
             num_layers=args.layers,
             num_heads=args.heads,
+            dtype=torch.bfloat16,  # as upstream's released checkpoint; loaded in fp32 on a CPU, as the web UI does
         )
         model, tokenizer, image_processor = compute.call(load_model, checkpoint)
     backend = ModelBackend(model, tokenizer, image_processor, compute=compute)
@@ -430,6 +431,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ttft_ratio_upstream_over_web_ui": round(ttft_ratio, 3),
         "ttft_ratio_in_whole_answers": round(ttft_ratio_whole_answers, 3),
         "greedy_outputs_identical": True,
+        # Layers whose projections the web UI's decode step reads as one fused weight (LlamaStep).
+        "web_ui_fused_layers": backend.decoder._llama.fused_layers if backend.decoder.lean else 0,
         "profiles": profiles,
         "targets": [
             target("web UI tokens/s >= 1.2x upstream loop", speedup, 1.2),

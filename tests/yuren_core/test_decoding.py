@@ -206,11 +206,19 @@ def test_stacks_the_lean_step_cannot_serve_take_the_general_path():
 
 @pytest.mark.parametrize(
     ("hooked", "lean"),
-    [("layers.1", False), ("layers.1.self_attn", False), ("layers.1.mlp", True), ("layers.0.input_layernorm", True)],
+    [
+        ("layers.1", False),
+        ("layers.1.self_attn", False),
+        ("layers.1.mlp", True),
+        ("layers.0.input_layernorm", True),
+        ("layers.1.self_attn.k_proj", True),
+        ("layers.0.mlp.up_proj", True),
+    ],
 )
 def test_hooks_run_whichever_path_decodes(hooked, lean):
     """The lean step replaces the layers' and attention's forward, so a hook there (an offload hook, say) sends
-    decoding through the general path; norms and MLPs it calls as modules, so their hooks run on the lean one."""
+    decoding through the general path; norms, MLPs and projections with a hook it calls as modules (unfused), so
+    their hooks run on the lean one."""
     model = grouped_query_llama()
     calls = []
     model.model.get_submodule(hooked).register_forward_pre_hook(lambda module, args: calls.append(module))
@@ -219,3 +227,41 @@ def test_hooks_run_whichever_path_decodes(hooked, lean):
     assert_decoder_equals_generate(decoder, model)
     # Two forwards per generated token (generate's and the decoder's), the prompt's included.
     assert len(calls) == 2 * 8
+
+
+def test_fused_projections_change_the_layout_only():
+    """A model that owns its weights gets one fused weight per layer for q/k/v and for gate/up: the modules' weights
+    are views of it with their old values (no second copy), and the logits stay generate's, bit for bit."""
+    model = grouped_query_llama()
+    before = {name: weight.clone() for name, weight in model.state_dict().items()}
+    decoder = Decoder(model)
+    step = decoder._llama
+    assert step.fused_layers == 2 and all(weight is not None for weight in step.gate_up)
+    attention = model.model.layers[1].self_attn
+    assert attention.k_proj.weight.data_ptr() == step.qkv[1].data_ptr() + attention.q_proj.weight.nbytes
+    assert all(torch.equal(weight, before[name]) for name, weight in model.state_dict().items())
+    assert_decoder_equals_generate(decoder, model, max_new_tokens=12)
+
+
+def test_weights_mapped_from_a_file_are_not_fused(served):
+    """Fusing a weight that lives in the checkpoint's file mapping would add a copy and free nothing."""
+    model, _, _ = served
+    assert Decoder(model)._llama.fused_layers == 0
+
+
+def test_fusion_is_declined_where_the_fused_product_differs(monkeypatch):
+    """Where the stacked weight's product is not bit-identical on this device (a kernel that sums in another
+    order), the projections stay separate and untouched."""
+    model = grouped_query_llama()
+    linear = torch.nn.functional.linear
+
+    def drifting(x, weight, bias=None):
+        """The last bit off wherever the weight is a stacked one (a plain tensor, not a module's parameter)."""
+        out = linear(x, weight, bias)
+        return out if isinstance(weight, torch.nn.Parameter) else out.nextafter(out + 1)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", drifting)
+    query = model.model.layers[0].self_attn.q_proj.weight
+    step = Decoder(model)._llama
+    assert step.fused_layers == 0 and all(weight is None for weight in step.gate_up)
+    assert model.model.layers[0].self_attn.q_proj.weight is query and query.untyped_storage().nbytes() == query.nbytes

@@ -9,18 +9,10 @@ passed in, sampling with transformers' own logits processors so that the
 settings mean what they mean in ``generate``. Tokens come back as a plain
 iterator in the caller's thread; :class:`TextDeltas` turns them into text.
 
-A decode step of a LLaMA stack runs its layers' parts itself (see
-:meth:`Decoder.lean_supported` and :func:`llama_layer_step`): one new token
-with no padding attends to the whole cache, so it needs no mask, and its rotary
-embedding is one row of a table computed once per answer. The step calls each
-layer's own norms, projections, rotary function, attention function and MLP on
-the token's ``[1, hidden]`` row, in the order ``LlamaDecoderLayer`` does, so the
-logits are bit for bit those of ``generate``; what it skips is per-call work
-for the general case (``LlamaModel.forward``'s mask building, rotary and
-output capture, the layer's and attention's keyword plumbing and wrappers,
-reshapes of a sequence axis of length one): a decode step of a small model is
-mostly such dispatch. Other stacks and settings take the general
-path: ``model.model`` with the step's position.
+A decode step of a LLaMA stack skips ``LlamaModel.forward``
+(:class:`~yuren_core.llama_step.LlamaStep`: the same logits, bit for bit, in
+fewer calls); other stacks and settings take the general path: ``model.model``
+with the step's position.
 
 ``compile=True`` decodes on a :class:`~transformers.StaticCache` with the
 step function under ``torch.compile`` (fixed shapes: one graph for every
@@ -41,18 +33,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 from transformers.cache_utils import Cache, DynamicLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import (
-    LlamaAttention,
-    LlamaDecoderLayer,
-    LlamaModel,
-    apply_rotary_pos_emb,
-    eager_attention_forward,
-)
 
-# Attention implementations that read a missing mask as "attend to every key" for a one-token query
-# (sdpa turns off is_causal for a single query; eager adds no mask); flash / flex take other inputs.
-MASKLESS_ATTENTION = ("sdpa", "eager")
+from .llama_step import LlamaStep
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -92,31 +74,6 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
 
-def llama_layer_step(
-    layer: LlamaDecoderLayer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Cache, attention
-) -> torch.Tensor:
-    """One ``LlamaDecoderLayer`` on one new token: ``hidden`` ``[1, hidden_size]`` in, the same out.
-
-    ``cos`` / ``sin`` are the token's rotary row ``[1, head_dim]``; ``attention``
-    is the model's attention function (transformers' ``sdpa`` or eager one),
-    called without a mask: the token attends to the whole cache. The same
-    calls, in the same order, as the layer's and its attention's ``forward``.
-    """
-    attn = layer.self_attn
-    head_dim = attn.head_dim
-    x = layer.input_layernorm(hidden)
-    # [heads, head_dim] rows; the rotary function makes them [1, heads, head_dim], and [:, :, None] gives
-    # attention its [batch, heads, 1, head_dim] view.
-    query = attn.q_proj(x).view(-1, head_dim)
-    key = attn.k_proj(x).view(-1, head_dim)
-    value = attn.v_proj(x).view(1, -1, 1, head_dim)
-    query, key = apply_rotary_pos_emb(query, key, cos, sin, unsqueeze_dim=0)
-    keys, values = cache.update(key[:, :, None], value, attn.layer_idx)
-    out, _ = attention(attn, query[:, :, None], keys, values, None, dropout=0.0, scaling=attn.scaling)
-    hidden = hidden + attn.o_proj(out.reshape(1, -1))
-    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-
-
 def logits_processors(*, temperature: float, top_p: float, repetition_penalty: float) -> LogitsProcessorList:
     """The processors ``generate`` would apply for these settings (``temperature == 0``: greedy)."""
     processors = LogitsProcessorList()
@@ -140,7 +97,9 @@ class Decoder:
     multiples of ``STATIC_CACHE_STEP`` tokens (at most ``max_cache_len``): attention
     reads the whole cache every step, so a short chat should not pay for the
     full context, and each size compiles once. ``lean`` says whether eager
-    decode steps call the decoder layers directly (:meth:`lean_supported`).
+    decode steps run as a :class:`~yuren_core.llama_step.LlamaStep` (where
+    :meth:`LlamaStep.supported <yuren_core.llama_step.LlamaStep.supported>`
+    holds; building it fuses the layers' projections, see there).
     """
 
     STATIC_CACHE_STEP = 512
@@ -154,42 +113,8 @@ class Decoder:
         # On a GPU, CUDA graphs replay the whole step without launching its kernels one by one from Python.
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self._step = torch.compile(self._decode_step, dynamic=False, mode=mode) if compile else self._decode_step
-        self.lean = not compile and self.lean_supported(model)
-        if self.lean:
-            # Slicing a ModuleList builds a new module: done once here, not per step as LlamaModel.forward does.
-            self._layers = tuple(model.model.layers[: model.model.config.num_hidden_layers])
-            implementation = model.config.get_text_config(decoder=True)._attn_implementation
-            self._attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-
-    @staticmethod
-    def lean_supported(model) -> bool:
-        """Whether eager decode steps can call the decoder layers of ``model`` directly (else: ``model.model``).
-
-        Holds for transformers' ``LlamaModel`` of ``LlamaDecoderLayer`` s (exactly:
-        subclasses may change the forward) with sdpa or eager attention and the
-        default rotary embedding, whose values depend on the position alone, and
-        without hooks on the modules whose ``forward`` the step replaces (the
-        stack, its layers and their attention: an accelerate offload hook, say;
-        norms, projections and MLPs are called as modules). Not for flash / flex attention (their
-        inputs are not a plain mask) nor for dynamic or long-context rotary
-        variants (their tables change with the sequence length).
-        """
-        config = model.config.get_text_config(decoder=True)
-        stack = getattr(model, "model", None)
-        if not (
-            type(stack) is LlamaModel
-            and config._attn_implementation in MASKLESS_ATTENTION
-            and (config.rope_parameters or {}).get("rope_type", "default") == "default"
-        ):
-            return False
-        replaced = [stack]
-        for layer in stack.layers:
-            if type(layer) is not LlamaDecoderLayer or type(layer.self_attn) is not LlamaAttention:
-                return False
-            replaced += (layer, layer.self_attn)
-        return not any(
-            module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook") for module in replaced
-        )
+        self._llama = LlamaStep(model) if not compile and LlamaStep.supported(model) else None
+        self.lean = self._llama is not None
 
     @torch.inference_mode()
     def _new_cache(self, capacity: int) -> Cache:
@@ -215,27 +140,6 @@ class Decoder:
         hidden = self.model.model(input_ids=token, position_ids=position, cache=cache, use_cache=True)
         return self.model.lm_head(hidden.last_hidden_state[:, -1, :])
 
-    def _lean_step(self, token: torch.Tensor, position: int, cache, rotary) -> torch.Tensor:
-        """``_decode_step`` for a ``LlamaModel`` stack: :func:`llama_layer_step` per layer, without a mask.
-
-        ``rotary`` is :meth:`_rotary_table` covering ``position``.
-        """
-        stack = self.model.model
-        hidden = stack.embed_tokens(token).view(1, -1)
-        cos, sin = rotary
-        cos, sin = cos[0, position : position + 1], sin[0, position : position + 1]
-        for layer in self._layers:
-            hidden = llama_layer_step(layer, hidden, cos, sin, cache, self._attention)
-        return self.model.lm_head(stack.norm(hidden))
-
-    @torch.inference_mode()
-    def _rotary_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stack's own rotary embedding (cos, sin) for positions ``0 .. length - 1``, in the hidden dtype."""
-        stack = self.model.model
-        like = stack.embed_tokens.weight[:1]
-        positions = torch.arange(length, device=like.device)[None]
-        return stack.rotary_emb(like, position_ids=positions)
-
     @torch.inference_mode()
     def _prefill(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, cache) -> torch.Tensor:
         kwargs = {"pixel_values": pixel_values} if pixel_values is not None else {}
@@ -247,7 +151,7 @@ class Decoder:
     def _next(self, token: int, position: int, cache, rotary=None) -> torch.Tensor:
         device = self.device
         if rotary is not None:
-            return self._lean_step(torch.tensor([[token]], device=device), position, cache, rotary).float()
+            return self._llama(torch.tensor([[token]], device=device), position, cache, rotary).float()
         return self._step(
             torch.tensor([[token]], device=device), torch.tensor([[position]], device=device), cache
         ).float()
@@ -288,7 +192,7 @@ class Decoder:
         cache = self._new_cache(len(input_ids) + max_new_tokens)
         if should_stop():
             return
-        rotary = self._rotary_table(len(input_ids) + max_new_tokens) if self.lean else None
+        rotary = self._llama.rotary(len(input_ids) + max_new_tokens) if self.lean else None
         logits = self._prefill(history[:, :length], pixel_values, cache).float()
         for step in range(max_new_tokens):
             # Each processor called as the list would, minus the list's per-call signature inspection.
