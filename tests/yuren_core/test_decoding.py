@@ -2,9 +2,16 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
-from yuren_core.decoding import Decoder, PreallocatedLayer, TextDeltas
+from yuren_core.decoding import Decoder, PreallocatedLayer, Sampler, TextDeltas
 from yuren_core.loading import load_model
 
 
@@ -64,6 +71,16 @@ def test_sampled_tokens_match_generate_for_the_same_seed(served):
     expected = generated(model, prompt, PIXELS, seed=3, max_new_tokens=24, do_sample=True, top_k=0, **settings)
     assert decoded(model, prompt, PIXELS, seed=3, max_new_tokens=24, **settings) == expected
     assert decoded(model, prompt, PIXELS, seed=4, max_new_tokens=24, **settings) != expected
+
+
+def test_the_repetition_penalty_covers_the_answer_so_far():
+    """Greedy decoding of a small random model falls into a loop; a strong penalty on every token seen, the
+    answer's own included, breaks it as it does in ``generate``."""
+    model = grouped_query_llama()
+    assert len(set(decoded(model, [5], None, max_new_tokens=9))) < 9
+    penalised = decoded(model, [5], None, max_new_tokens=9, repetition_penalty=5.0)
+    assert len(set(penalised)) == 9
+    assert penalised == generated(model, [5], None, max_new_tokens=9, do_sample=False, repetition_penalty=5.0)
 
 
 def test_stops_before_an_end_token_and_on_request(served):
@@ -265,3 +282,46 @@ def test_fusion_is_declined_where_the_fused_product_differs(monkeypatch):
     step = Decoder(model)._llama
     assert step.fused_layers == 0 and all(weight is None for weight in step.gate_up)
     assert model.model.layers[0].self_attn.q_proj.weight is query and query.untyped_storage().nbytes() == query.nbytes
+
+
+def generates_choice(history: torch.Tensor, logits: torch.Tensor, temperature, top_p, penalty) -> int:
+    """The next token as ``generate`` picks it: its logits processors, then argmax or ``torch.multinomial``."""
+    processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)])
+    if temperature:
+        processors += [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)]
+    scores = processors(history, logits)
+    return int(scores.argmax()) if not temperature else int(torch.multinomial(torch.softmax(scores, -1), 1))
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "penalty"),
+    [(0.7, 0.9, 1.1), (1.0, 0.5, 1.3), (0.3, 0.99, 1.0), (1.5, 0.8, 0.9), (0, 1, 1.2)],
+)
+def test_sampler_picks_generates_tokens_and_draws_the_same_random_numbers(temperature, top_p, penalty):
+    """Token by token over a growing history (prompt ids beyond the logits' width included), with ties among the
+    scores on every third step: the same choice as transformers' processors and ``torch.multinomial``, and the random
+    generator left in the same state."""
+    vocab = 300
+    generator = torch.Generator().manual_seed(7)
+    prompt = torch.randint(0, vocab + 20, (40,), generator=generator)
+    sampler = Sampler(prompt, vocab, temperature=temperature, top_p=top_p, repetition_penalty=penalty)
+    history = prompt[None]
+    for step in range(60):
+        logits = torch.randn(1, vocab, generator=generator) * (1 + step % 4)
+        if step % 3 == 0:
+            logits[0, :40] = logits[0, 0]
+        torch.manual_seed(step)
+        expected = generates_choice(history, logits.clone(), temperature, top_p, penalty)
+        after_expected = torch.rand(1)
+        torch.manual_seed(step)
+        assert sampler(logits) == expected
+        assert torch.equal(torch.rand(1), after_expected)
+        sampler.add(expected)
+        history = torch.cat([history, torch.tensor([[expected]])], dim=1)
+
+
+@pytest.mark.parametrize("settings", [(-0.1, 0.9, 1.0), (0.7, 0.0, 1.0), (0.7, 1.1, 1.0), (0.7, 0.9, 0.0)])
+def test_sampler_refuses_settings_generate_refuses(settings):
+    temperature, top_p, penalty = settings
+    with pytest.raises(ValueError, match="sampling needs"):
+        Sampler([1, 2], 10, temperature=temperature, top_p=top_p, repetition_penalty=penalty)

@@ -5,8 +5,9 @@
 and streaming from it needs a worker thread and a queue. :class:`Decoder`
 runs the prompt once through the model (images included), then one
 forward of the language model per new token, with the position and cache
-passed in, sampling with transformers' own logits processors so that the
-settings mean what they mean in ``generate``. Tokens come back as a plain
+passed in, choosing each token as ``generate`` would (:class:`Sampler`:
+the same tokens for the same seed, so the settings mean what they mean
+there). Tokens come back as a plain
 iterator in the caller's thread; :class:`TextDeltas` turns them into text.
 
 A decode step of a LLaMA stack skips ``LlamaModel.forward``
@@ -25,13 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from transformers import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    StaticCache,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import StaticCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .llama_step import LlamaStep
@@ -74,17 +69,70 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
 
-def logits_processors(*, temperature: float, top_p: float, repetition_penalty: float) -> LogitsProcessorList:
-    """The processors ``generate`` would apply for these settings (``temperature == 0``: greedy)."""
-    processors = LogitsProcessorList()
-    if repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
-    if temperature > 0:
-        if temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(temperature))
-        if top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p))
-    return processors
+class Sampler:
+    """``generate``'s choice of each next token of one answer: the same tokens for the same seed, in fewer calls.
+
+    Repetition penalty over the prompt and the answer so far, then temperature
+    and top-p, then one ``torch.multinomial`` draw (``temperature == 0``:
+    greedy), each as transformers' ``RepetitionPenaltyLogitsProcessor``,
+    ``TemperatureLogitsWarper`` and ``TopPLogitsWarper`` compute it. Two steps
+    take another route to the same values: the penalty reads a mask of the
+    tokens seen, kept up to date token by token, instead of gathering and
+    scattering the whole history every step; top-p removes the least likely
+    tokens up to a count found by one binary search of the sorted cumulative
+    probabilities (they never decrease), instead of scattering a mask back.
+    ``vocab_size`` is the logits' width; ids beyond it are never penalised.
+    """
+
+    def __init__(
+        self,
+        prompt: torch.Tensor | Sequence[int],
+        vocab_size: int,
+        *,
+        temperature: float,
+        top_p: float,
+        repetition_penalty: float,
+        device: torch.device | str = "cpu",
+    ):
+        if temperature < 0 or not 0 < top_p <= 1 or repetition_penalty <= 0:
+            raise ValueError(
+                f"sampling needs temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0; got {temperature}, "
+                f"{top_p} and {repetition_penalty}"
+            )
+        self.vocab_size = vocab_size
+        self.greedy = temperature == 0
+        self.penalty = repetition_penalty
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device)
+        ids = torch.as_tensor(prompt, dtype=torch.long, device=device)
+        self.seen[0, ids[ids < vocab_size]] = True
+        # Compared in the scores' dtype, as ``cumulative_probs <= (1 - top_p)`` is.
+        self._removable = torch.tensor([[1 - top_p]], dtype=torch.float32, device=device)
+
+    def add(self, token: int) -> None:
+        """Count ``token`` as seen (the repetition penalty applies to it from the next step on)."""
+        if token < self.vocab_size:
+            self.seen[0, token] = True
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """The next token for ``logits`` ``[1, vocab_size]`` (float32)."""
+        scores = logits
+        if self.penalty != 1.0:
+            penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+            scores = torch.where(self.seen, penalised, scores)
+        if self.greedy:
+            return int(scores.argmax(dim=-1))
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if self.top_p < 1.0:
+            ascending, order = torch.sort(scores, descending=False)
+            cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+            # The tokens whose cumulative probability is at most 1 - top_p, keeping at least the likeliest one.
+            removed = min(int(torch.searchsorted(cumulative, self._removable, right=True)), self.vocab_size - 1)
+            if removed:
+                scores = scores.index_fill(-1, order[0, :removed], float("-inf"))
+        return int(torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1))
 
 
 class Decoder:
@@ -181,31 +229,27 @@ class Decoder:
                 f"{len(input_ids)} prompt + {max_new_tokens} new tokens exceed the static cache of "
                 f"{self.max_cache_len} tokens"
             )
-        processors = logits_processors(temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty)
-        greedy = temperature == 0
-        device = self.device
+        prompt = torch.tensor([list(input_ids)], device=self.device)
+        sample = Sampler(
+            prompt[0],
+            self.model.lm_head.out_features,
+            temperature=temperature,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            device=self.device,
+        )
         stop = set(stop_ids)
-        # Prompt and answer so far, preallocated: the repetition penalty reads it every step.
-        history = torch.empty(1, len(input_ids) + max_new_tokens, dtype=torch.long, device=device)
-        history[0, : len(input_ids)] = torch.tensor(list(input_ids))
         length = len(input_ids)
-        cache = self._new_cache(len(input_ids) + max_new_tokens)
+        cache = self._new_cache(length + max_new_tokens)
         if should_stop():
             return
-        rotary = self._llama.rotary(len(input_ids) + max_new_tokens) if self.lean else None
-        logits = self._prefill(history[:, :length], pixel_values, cache).float()
+        rotary = self._llama.rotary(length + max_new_tokens) if self.lean else None
+        logits = self._prefill(prompt, pixel_values, cache).float()
         for step in range(max_new_tokens):
-            # Each processor called as the list would, minus the list's per-call signature inspection.
-            scores = logits
-            for processor in processors:
-                scores = processor(history[:, :length], scores)
-            if greedy:
-                token = int(scores.argmax(dim=-1))
-            else:
-                token = int(torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1))
+            token = sample(logits)
             if token in stop:
                 return
-            history[0, length] = token
+            sample.add(token)
             length += 1
             yield token
             if step == max_new_tokens - 1 or should_stop():
