@@ -258,6 +258,28 @@ def test_fused_projections_change_the_layout_only():
     assert attention.k_proj.weight.data_ptr() == step.qkv[1].data_ptr() + attention.q_proj.weight.nbytes
     assert all(torch.equal(weight, before[name]) for name, weight in model.state_dict().items())
     assert_decoder_equals_generate(decoder, model, max_new_tokens=12)
+    # A second decoder on the same model reads the same fused weights.
+    again = Decoder(model)._llama
+    assert again.fused_layers == 2 and all(
+        ours.data_ptr() == theirs.data_ptr()
+        for ours, theirs in zip(again.qkv + again.gate_up, step.qkv + step.gate_up, strict=True)
+    )
+
+
+def test_new_weights_given_after_fusing_are_the_ones_decoded():
+    """A weight replaced by a new tensor, or the whole model cast, after the decoder fused the projections: the next
+    answer fuses again, so it decodes what the modules now hold, as ``generate`` does."""
+    model = grouped_query_llama()
+    decoder = Decoder(model)
+    attention = model.model.layers[1].self_attn
+    attention.k_proj.weight = torch.nn.Parameter(attention.k_proj.weight * -2)
+    assert not decoder._llama.still_fused()
+    assert_decoder_equals_generate(decoder, model)
+    # Layer 0 keeps the weight it was fused into; layer 1's query and value views of its old one own no memory.
+    assert decoder._llama.still_fused() and decoder._llama.fused_layers == 1
+    model.to(torch.float64)
+    assert_decoder_equals_generate(decoder, model)
+    assert decoder._llama.fused_layers == 2
 
 
 def test_weights_mapped_from_a_file_are_not_fused(served):

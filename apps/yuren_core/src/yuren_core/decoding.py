@@ -229,6 +229,9 @@ class Decoder:
                 f"{len(input_ids)} prompt + {max_new_tokens} new tokens exceed the static cache of "
                 f"{self.max_cache_len} tokens"
             )
+        if self.lean and not self._llama.still_fused():
+            # The model was cast, moved or given new weights since: fuse what it reads now.
+            self._llama = LlamaStep(self.model)
         prompt = torch.tensor([list(input_ids)], device=self.device)
         sample = Sampler(
             prompt[0],

@@ -59,6 +59,23 @@ def _owns_its_memory(weight: torch.Tensor) -> bool:
     return storage.resizable() and weight.storage_offset() == 0 and storage.nbytes() == weight.nbytes
 
 
+def _stacked(weights: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The weight that ``weights`` are the row blocks of, in order, if they tile one storage exactly (fused before)."""
+    first = weights[0]
+    storage = first.untyped_storage()
+    offset = 0
+    for weight in weights:
+        if weight.untyped_storage().data_ptr() != storage.data_ptr() or weight.storage_offset() != offset:
+            return None
+        if not weight.is_contiguous():
+            return None
+        offset += weight.numel()
+    if offset * first.element_size() != storage.nbytes():
+        return None
+    rows = sum(weight.shape[0] for weight in weights)
+    return first.new_empty(0).set_(storage, 0, (rows, first.shape[1]))
+
+
 @torch.no_grad()
 def fuse_linears(linears: Sequence[nn.Module], probes: dict | None = None) -> torch.Tensor | None:
     """One weight for bias-free ``nn.Linear`` s of one input: their weights' rows stacked; the modules keep views of it.
@@ -68,27 +85,31 @@ def fuse_linears(linears: Sequence[nn.Module], probes: dict | None = None) -> to
     owning its weight's memory (so the separate weights are freed, not
     duplicated), and ``F.linear`` with the stacked weight giving bit for bit
     the separate products on this device. That last check runs once per
-    shape on a random input and is remembered in ``probes``.
+    shape on a random input and is remembered in ``probes``. Weights fused
+    before (views tiling one weight, in order) give that weight back.
     """
-    weights = [linear.weight for linear in linears]
     if not all(type(linear) is nn.Linear and linear.bias is None and not _hooked(linear) for linear in linears):
         return None
+    weights = [linear.weight for linear in linears]
     first = weights[0]
     if any(w.device != first.device or w.dtype != first.dtype or w.shape[1] != first.shape[1] for w in weights):
         return None
+    stacked = _stacked(weights)
+    if stacked is not None:
+        return stacked
     if not all(_owns_its_memory(w) for w in weights):
         return None
-    fused = torch.cat(weights)
     key = (tuple(w.shape for w in weights), first.dtype, first.device)
+    if probes is not None and probes.get(key) is False:
+        return None
+    fused = torch.cat(weights)
     if probes is None or key not in probes:
         x = torch.randn(1, first.shape[1], generator=torch.Generator().manual_seed(0)).to(first.device, first.dtype)
         exact = torch.equal(F.linear(x, fused), torch.cat([F.linear(x, w) for w in weights], dim=-1))
         if probes is not None:
             probes[key] = exact
-    else:
-        exact = probes[key]
-    if not exact:
-        return None
+        if not exact:
+            return None
     start = 0
     for linear in linears:
         rows = linear.weight.shape[0]
@@ -128,6 +149,15 @@ class LlamaStep:
             None if _hooked(layer.mlp) else fuse_linears((layer.mlp.gate_proj, layer.mlp.up_proj), probes)
             for layer in self.layers
         ]
+        # Each fused module and where its weight's view starts (see still_fused).
+        self._views = [
+            (linear, linear.weight.data_ptr())
+            for layer, qkv, gate_up in zip(self.layers, self.qkv, self.gate_up, strict=True)
+            for linear in (
+                (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj) if qkv is not None else ()
+            )
+            + ((layer.mlp.gate_proj, layer.mlp.up_proj) if gate_up is not None else ())
+        ]
 
     @staticmethod
     def supported(model) -> bool:
@@ -156,6 +186,16 @@ class LlamaStep:
                 return False
             replaced += (layer, layer.self_attn)
         return not any(_hooked(module) for module in replaced)
+
+    def still_fused(self) -> bool:
+        """Whether every fused projection still reads its fused weight.
+
+        A model cast since (``model.to(dtype)``), or given new weight tensors,
+        has not: its modules read tensors that the fused ones do not follow.
+        Weights changed in place (an optimizer step, ``load_state_dict``)
+        still are.
+        """
+        return all(linear.weight.data_ptr() == pointer for linear, pointer in self._views)
 
     @property
     def fused_layers(self) -> int:
