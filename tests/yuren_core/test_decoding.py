@@ -246,21 +246,40 @@ def test_hooks_run_whichever_path_decodes(hooked, lean):
     assert len(calls) == 2 * 8
 
 
+def stacking_is_exact(model) -> bool:
+    """Whether this machine's kernels give the stacked q/k/v and gate/up weights' products bit for bit as the separate
+    ones, for ``model``'s shapes and dtype: found here independently of ``LlamaStep``'s probe, which fuses only then."""
+    layer = model.model.layers[0]
+    groups = [
+        [layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight],
+        [layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight],
+    ]
+    linear = torch.nn.functional.linear
+    with torch.no_grad():
+        x = torch.rand(1, model.config.hidden_size, dtype=groups[0][0].dtype)
+        return all(
+            torch.equal(linear(x, torch.cat(group)), torch.cat([linear(x, w) for w in group], -1)) for group in groups
+        )
+
+
 def test_fused_projections_change_the_layout_only():
-    """A model that owns its weights gets one fused weight per layer for q/k/v and for gate/up: the modules' weights
-    are views of it with their old values (no second copy), and the logits stay generate's, bit for bit."""
+    """A model that owns its weights gets one fused weight per layer for q/k/v and for gate/up, where this machine's
+    kernels make the stacked product exact: the modules' weights are views of it with their old values (no second
+    copy). Either way the logits stay generate's, bit for bit."""
     model = grouped_query_llama()
+    fused = 2 if stacking_is_exact(model) else 0
     before = {name: weight.clone() for name, weight in model.state_dict().items()}
     decoder = Decoder(model)
     step = decoder._llama
-    assert step.fused_layers == 2 and all(weight is not None for weight in step.gate_up)
+    assert step.fused_layers == fused and sum(weight is not None for weight in step.gate_up) == fused
     attention = model.model.layers[1].self_attn
-    assert attention.k_proj.weight.data_ptr() == step.qkv[1].data_ptr() + attention.q_proj.weight.nbytes
+    if fused:
+        assert attention.k_proj.weight.data_ptr() == step.qkv[1].data_ptr() + attention.q_proj.weight.nbytes
     assert all(torch.equal(weight, before[name]) for name, weight in model.state_dict().items())
     assert_decoder_equals_generate(decoder, model, max_new_tokens=12)
     # A second decoder on the same model reads the same fused weights.
     again = Decoder(model)._llama
-    assert again.fused_layers == 2 and all(
+    assert again.fused_layers == fused and all(
         ours.data_ptr() == theirs.data_ptr()
         for ours, theirs in zip(again.qkv + again.gate_up, step.qkv + step.gate_up, strict=True)
     )
@@ -270,16 +289,17 @@ def test_new_weights_given_after_fusing_are_the_ones_decoded():
     """A weight replaced by a new tensor, or the whole model cast, after the decoder fused the projections: the next
     answer fuses again, so it decodes what the modules now hold, as ``generate`` does."""
     model = grouped_query_llama()
+    fused = stacking_is_exact(model)
     decoder = Decoder(model)
     attention = model.model.layers[1].self_attn
     attention.k_proj.weight = torch.nn.Parameter(attention.k_proj.weight * -2)
-    assert not decoder._llama.still_fused()
+    assert decoder._llama.still_fused() is not fused
     assert_decoder_equals_generate(decoder, model)
     # Layer 0 keeps the weight it was fused into; layer 1's query and value views of its old one own no memory.
-    assert decoder._llama.still_fused() and decoder._llama.fused_layers == 1
+    assert decoder._llama.still_fused() and decoder._llama.fused_layers == (1 if fused else 0)
     model.to(torch.float64)
     assert_decoder_equals_generate(decoder, model)
-    assert decoder._llama.fused_layers == 2
+    assert decoder._llama.fused_layers == (2 if stacking_is_exact(model) else 0)
 
 
 def test_weights_mapped_from_a_file_are_not_fused(served):
