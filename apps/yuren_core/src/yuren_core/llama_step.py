@@ -150,14 +150,14 @@ class LlamaStep:
             for layer in self.layers
         ]
         # Each fused module and where its weight's view starts (see still_fused).
-        self._views = [
-            (linear, linear.weight.data_ptr())
-            for layer, qkv, gate_up in zip(self.layers, self.qkv, self.gate_up, strict=True)
-            for linear in (
-                (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj) if qkv is not None else ()
-            )
-            + ((layer.mlp.gate_proj, layer.mlp.up_proj) if gate_up is not None else ())
-        ]
+        self._views = []
+        for layer, qkv, gate_up in zip(self.layers, self.qkv, self.gate_up, strict=True):
+            fused = []
+            if qkv is not None:
+                fused += (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+            if gate_up is not None:
+                fused += (layer.mlp.gate_proj, layer.mlp.up_proj)
+            self._views += [(linear, linear.weight.data_ptr()) for linear in fused]
 
     @staticmethod
     def supported(model) -> bool:
@@ -167,8 +167,10 @@ class LlamaStep:
         subclasses may change the forward) with sdpa or eager attention and the
         default rotary embedding, whose values depend on the position alone, and
         without hooks on the modules whose ``forward`` the step replaces (the
-        stack, its layers and their attention: an accelerate offload hook, say;
-        norms and MLPs are called as modules). Not for flash / flex attention
+        stack, its layers and their attention: an accelerate offload hook, say).
+        Norms, the output and down projections and the activation are called as
+        modules, and a projection or MLP with a hook is left unfused and called
+        as a module, so their hooks run. Not for flash / flex attention
         (their inputs are not a plain mask) nor for dynamic or long-context
         rotary variants (their tables change with the sequence length).
         """
@@ -232,13 +234,13 @@ class LlamaStep:
         x = layer.input_layernorm(hidden)
         qkv = self.qkv[index]
         if qkv is not None:
-            rows = F.linear(x, qkv).view(-1, self.head_dim)  # query heads, key heads, value heads
-            rows, value = rows[: self.query_and_key_heads], rows[self.query_and_key_heads :]
+            heads = F.linear(x, qkv).view(-1, self.head_dim)  # query heads, key heads, value heads
+            qk, value = heads[: self.query_and_key_heads], heads[self.query_and_key_heads :]
         else:
-            rows = torch.cat((attn.q_proj(x), attn.k_proj(x)), dim=-1).view(-1, self.head_dim)
+            qk = torch.cat((attn.q_proj(x), attn.k_proj(x)), dim=-1).view(-1, self.head_dim)
             value = attn.v_proj(x).view(-1, self.head_dim)
-        rows = rows * cos + rows.roll(self.head_dim // 2, -1) * sin
-        query, key = rows[: self.heads, None], rows[self.heads :, None]
+        qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
+        query, key = qk[: self.heads, None], qk[self.heads :, None]
         keys, values = cache_layer.update(key[None], value[None, :, None])
         if self.direct_sdpa:
             out = F.scaled_dot_product_attention(query[None], keys, values, scale=attn.scaling)
