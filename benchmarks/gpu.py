@@ -232,6 +232,27 @@ def timed_decoder(decoder: Decoder, input_ids, pixel_values, new_tokens: int) ->
     }
 
 
+def decoder_matches_generate(model, decoder: Decoder, input_ids, pixel_values, new_tokens: int = 32) -> bool:
+    """Whether the web UI's decoder picks ``generate``'s greedy tokens, end of turn included.
+
+    Its fused projections and direct sdpa call are exact only where the device's kernels make them so (checked on
+    the CPU by the tests); this is the check on the device itself.
+    """
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pixel_values=pixel_values,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=[],
+            pad_token_id=model.config.pad_token_id,
+        )
+    expected = out[0, input_ids.shape[1] :].tolist()
+    ours = list(decoder.tokens(input_ids[0].tolist(), pixel_values=pixel_values, max_new_tokens=new_tokens))
+    return ours == expected
+
+
 def decode_section(args, shapes, device, spec, record: dict) -> None:
     dtype = torch.bfloat16
     model = build_yuren(shapes, device, dtype)
@@ -261,6 +282,8 @@ def decode_section(args, shapes, device, spec, record: dict) -> None:
     )
     # The web UI's path: the lean decoder, eager and (on a GPU) compiled on a static cache.
     eager_decoder = Decoder(model)
+    result["decoder_fused_layers"] = eager_decoder._llama.fused_layers if eager_decoder.lean else 0
+    result["decoder_tokens_match_generate"] = decoder_matches_generate(model, eager_decoder, input_ids, pixel_values)
     timed_decoder(eager_decoder, input_ids, pixel_values, 4)
     result["decoder_eager"] = timed_decoder(eager_decoder, input_ids, pixel_values, args.new_tokens)
     if device.type == "cuda":  # inductor on CPU takes minutes: CI checks the eager decoder only

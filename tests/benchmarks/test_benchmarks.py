@@ -27,6 +27,7 @@ def test_gpu_script_smoke_runs_every_section(run_benchmark):
     decode = record["decode"]
     assert decode["eager"]["new_tokens"] == decode["static_compiled"]["new_tokens"] == 8
     assert decode["decoder_eager"]["new_tokens"] == 8  # the web UI's path
+    assert decode["decoder_tokens_match_generate"] is True
     ways = record["training"]["ways"]
     real = {way["real_tokens"] for way in ways.values()}
     assert len(real) == 1, "packed and padded steps must train on the same conversations"
