@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ttft_ratio_in_whole_answers": round(ttft_ratio_whole_answers, 3),
         "greedy_outputs_identical": True,
         # Layers whose projections the web UI's decode step reads as one fused weight (LlamaStep).
-        "web_ui_fused_layers": backend.decoder._llama.fused_layers if backend.decoder.lean else 0,
+        "web_ui_fused_layers": backend.decoder.fused_layers,
         "profiles": profiles,
         "targets": [
             target("web UI tokens/s >= 1.2x upstream loop", speedup, 1.2),

@@ -282,7 +282,7 @@ def decode_section(args, shapes, device, spec, record: dict) -> None:
     )
     # The web UI's path: the lean decoder, eager and (on a GPU) compiled on a static cache.
     eager_decoder = Decoder(model)
-    result["decoder_fused_layers"] = eager_decoder._llama.fused_layers if eager_decoder.lean else 0
+    result["decoder_fused_layers"] = eager_decoder.fused_layers
     result["decoder_tokens_match_generate"] = decoder_matches_generate(model, eager_decoder, input_ids, pixel_values)
     timed_decoder(eager_decoder, input_ids, pixel_values, 4)
     result["decoder_eager"] = timed_decoder(eager_decoder, input_ids, pixel_values, args.new_tokens)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from webui.compute import OPENMP_WAIT_VARIABLES, short_spin_environment
+from yuren_core.llama_step import stacking_is_exact
 
 
 def test_splice_benchmark_checks_identical_outputs(run_benchmark):
@@ -59,13 +60,7 @@ def test_generation_benchmark_smoke(run_benchmark):
     assert results["prompt_tokens"] > 256  # one image of 256 patch tokens plus the text
     # Its one layer decodes with fused projections (a bf16 checkpoint loaded in fp32 owns its weights), where this
     # machine's products of stacked weights (hidden 32: q/k/v 3 x 32 rows, gate/up 2 x 64) are exact.
-    x, qkv, gate_up = torch.randn(1, 32), torch.randn(96, 32), torch.randn(128, 32)
-    exact = all(
-        torch.equal(
-            torch.nn.functional.linear(x, w), torch.cat([torch.nn.functional.linear(x, r) for r in w.split(n)], -1)
-        )
-        for w, n in ((qkv, 32), (gate_up, 64))
-    )
+    exact = stacking_is_exact([torch.randn(32, 32)] * 3) and stacking_is_exact([torch.randn(64, 32)] * 2)
     assert results["web_ui_fused_layers"] == (1 if exact else 0)
     assert all(way["tokens_per_s"] > 0 for way in results["ways"].values())
     for name in ("upstream loop", "web UI (ModelBackend.stream)"):

@@ -305,7 +305,7 @@ def test_new_weights_given_after_fusing_are_the_ones_decoded():
 def test_weights_mapped_from_a_file_are_not_fused(served):
     """Fusing a weight that lives in the checkpoint's file mapping would add a copy and free nothing."""
     model, _, _ = served
-    assert Decoder(model)._llama.fused_layers == 0
+    assert Decoder(model).fused_layers == 0
 
 
 def test_fusion_is_declined_where_the_fused_product_differs(monkeypatch):

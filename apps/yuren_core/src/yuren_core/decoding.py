@@ -164,6 +164,11 @@ class Decoder:
         self._llama = LlamaStep(model) if not compile and LlamaStep.supported(model) else None
         self.lean = self._llama is not None
 
+    @property
+    def fused_layers(self) -> int:
+        """How many layers decode with fused projections (see :class:`~yuren_core.llama_step.LlamaStep`); 0 if not lean."""
+        return self._llama.fused_layers if self.lean else 0
+
     @torch.inference_mode()
     def _new_cache(self, capacity: int) -> Cache:
         if not self.compiled:
@@ -230,7 +235,7 @@ class Decoder:
                 f"{self.max_cache_len} tokens"
             )
         if self.lean and not self._llama.still_fused():
-            # The model was cast, moved or given new weights since: fuse what it reads now.
+            # The model was cast or given new weights since: fuse what it reads now.
             self._llama = LlamaStep(self.model)
         prompt = torch.tensor([list(input_ids)], device=self.device)
         sample = Sampler(
