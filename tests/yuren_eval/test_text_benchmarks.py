@@ -15,7 +15,8 @@ from yuren_core.loading import load_model
 from yuren_eval.__main__ import main
 from yuren_eval.report import SEED_SCORES, SubjectScore, table_row
 from yuren_eval.subjects import CEVAL_CATEGORIES, MMLU_CATEGORIES, subjects
-from yuren_eval.tasks import CEVAL, LETTERS, MMLU, extract_choice, normalise, prompt_builder, task_configs
+from yuren_eval.tasks import CEVAL, LETTERS, MMLU, extract_choice, prompt_builder
+from yuren_eval.text_data import DataError, normalise
 
 QUESTIONS = [
     ("What is one plus one?", ["1", "2", "3", "4"]),
@@ -142,21 +143,13 @@ def test_categories_agree_with_lm_evals_own_task_lists():
     assert set(subjects(CEVAL_CATEGORIES)) == ceval
 
 
-def test_hub_by_default_and_local_files_named_when_missing(tmp_path):
-    (mmlu,) = task_configs("mmlu", "cot", only=["anatomy"])
-    assert (mmlu["dataset_path"], mmlu["dataset_name"], mmlu["test_split"]) == ("cais/mmlu", "anatomy", "test")
-    (ceval,) = task_configs("ceval", "loglikelihood", only=["law"])
-    assert (ceval["dataset_path"], ceval["dataset_name"], ceval["test_split"]) == ("ceval/ceval-exam", "law", "val")
-    with pytest.raises(FileNotFoundError, match=r"test/anatomy_test\.csv not found"):
-        task_configs("mmlu", "cot", data_dir=tmp_path, only=["anatomy"])
-
-
 def test_every_layout_normalises_to_the_same_question():
     hub_mmlu = {"question": "Q ", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 2}
     csv_layout = {"question": "Q", "A": "a", "B": "b", "C": "c", "D": "d", "answer": "C"}
-    assert normalise(hub_mmlu) == normalise(csv_layout) == {"question": "Q", "choices": ["a", "b", "c", "d"], "gold": 2}
-    with pytest.raises(ValueError, match="answer 'E'"):
-        normalise({**csv_layout, "answer": "E"})
+    expected = {"question": "Q", "choices": ["a", "b", "c", "d"], "gold": 2}
+    assert normalise(hub_mmlu, "hub row 0") == normalise(csv_layout, "f.csv, line 1") == expected
+    with pytest.raises(DataError, match="f.csv, line 3: answer 'E'"):
+        normalise({**csv_layout, "answer": "E"}, "f.csv, line 3")
 
 
 @pytest.mark.parametrize(
