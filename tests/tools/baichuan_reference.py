@@ -117,14 +117,21 @@ def _save_weights(weights: dict[str, torch.Tensor], out: Path, weight_format: st
     (out / f"{name}.index.json").write_text(json.dumps(index, indent=2))
 
 
-def build_baichuan(tokenizer_model: Path, out: Path, *, weight_format: str = "bin", seed: int = 0) -> Path:
-    """Write a tiny Baichuan-7B-layout checkpoint over the sentencepiece model ``tokenizer_model`` to ``out``."""
+def build_baichuan(
+    tokenizer_model: Path, out: Path, *, weight_format: str = "bin", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> Path:
+    """Write a tiny Baichuan-7B-layout checkpoint over the sentencepiece model ``tokenizer_model`` to ``out``.
+
+    The weights are :func:`baichuan_weights` in ``dtype``; config.json says float32 whatever they are, as
+    Baichuan-7B's does over its half-precision weights.
+    """
     import sentencepiece as spm
 
     out.mkdir(parents=True)
     vocab_size = spm.SentencePieceProcessor(model_file=str(tokenizer_model)).get_piece_size()
     (out / "config.json").write_text(json.dumps(baichuan_config(vocab_size), indent=2))
-    _save_weights(baichuan_weights(vocab_size, seed), out, weight_format)
+    weights = {name: tensor.to(dtype) for name, tensor in baichuan_weights(vocab_size, seed).items()}
+    _save_weights(weights, out, weight_format)
     shutil.copyfile(tokenizer_model, out / "tokenizer.model")
 
     def token(content):

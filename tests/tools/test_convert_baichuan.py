@@ -18,6 +18,7 @@ from baichuan_reference import (
 )
 from transformers import AutoModelForCausalLM
 
+from prepare_base_model import baichuan
 from prepare_base_model.baichuan import convert_baichuan
 from prepare_base_model.convert_baichuan import main
 from prepare_base_model.prepare import prepare
@@ -56,13 +57,14 @@ def reference_logits(vocab_size: int) -> torch.Tensor:
 def test_converted_logits_equal_baichuan_forward(weight_format, sp_model, vocab_size, tmp_path):
     source = build_baichuan(sp_model, tmp_path / "source", weight_format=weight_format)
     out = convert_baichuan(str(source), tmp_path / "llama")
-    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    # Eager attention computes what Baichuan's does in the same order: the logits are bit for bit its own.
+    model = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     assert type(model).__name__ == "LlamaForCausalLM"
     with torch.no_grad():
         logits = model(INPUT_IDS).logits
     expected = reference_logits(vocab_size)
     assert logits.shape == expected.shape == (*INPUT_IDS.shape, vocab_size)
-    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert torch.equal(logits, expected)
     # The split itself, exactly: q, k and v are W_pack's rows in that order.
     w_pack = baichuan_weights(vocab_size)["model.layers.1.self_attn.W_pack.weight"]
     attention = model.model.layers[1].self_attn
@@ -106,11 +108,11 @@ def test_converted_tokenizer_encodes_as_the_source_sentencepiece(converted, sp_m
 
 def test_converted_base_goes_through_prepare_base_model(converted, vocab_size, tmp_path):
     prepared = prepare(str(converted), tmp_path / "prepared")
-    model = AutoModelForCausalLM.from_pretrained(prepared).eval()
+    model = AutoModelForCausalLM.from_pretrained(prepared, attn_implementation="eager").eval()
     assert model.config.vocab_size % 128 == 0 and model.config.vocab_size > vocab_size
     with torch.no_grad():
         logits = model(INPUT_IDS).logits
-    # The base vocabulary's logits are still Baichuan's own.
+    # The base vocabulary's logits are still Baichuan's own (fp32; the wider output matmul may sum differently).
     torch.testing.assert_close(logits[..., :vocab_size], reference_logits(vocab_size), rtol=0, atol=1e-5)
 
 
@@ -120,17 +122,34 @@ def run_main(capsys, *args) -> tuple[int, str]:
     return exited.value.code, capsys.readouterr().err
 
 
-def test_command_is_installed_writes_the_output_and_refuses_to_clobber(sp_model, tmp_path, capsys):
+def test_command_is_installed_writes_the_output_and_refuses_to_clobber(sp_model, vocab_size, tmp_path, capsys):
     (script,) = entry_points(group="console_scripts", name="convert-baichuan")
     assert script.load() is main
-    source = build_baichuan(sp_model, tmp_path / "source", weight_format="safetensors")
+    source = build_baichuan(sp_model, tmp_path / "source", weight_format="safetensors", dtype=torch.bfloat16)
     out = tmp_path / "llama"
     main([str(source), "--output", str(out)])
     assert capsys.readouterr().out.splitlines()[-1] == f"done: {out}"
-    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "llama"
+    # Saved in the weights' own dtype, not the float32 config.json claims.
+    model = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert model.config.dtype == torch.bfloat16
+    w_pack = baichuan_weights(vocab_size)["model.layers.0.self_attn.W_pack.weight"].to(torch.bfloat16)
+    assert torch.equal(model.model.layers[0].self_attn.v_proj.weight, w_pack[2 * HIDDEN :])
     code, err = run_main(capsys, str(source), "--output", str(out))
     assert code == 2 and "--overwrite" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama", "source"]
+
+
+def test_a_failed_conversion_leaves_no_output(sp_model, tmp_path, monkeypatch):
+    source = build_baichuan(sp_model, tmp_path / "source")
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    # Fails after the weights are written, while the tokenizer is.
+    monkeypatch.setattr(baichuan, "load_tokenizer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        baichuan.convert_baichuan(str(source), tmp_path / "llama")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source"]
 
 
 def test_non_baichuan_sources_are_refused_by_name(sp_model, tiny_dir, tmp_path, capsys):
@@ -149,6 +168,10 @@ def test_non_baichuan_sources_are_refused_by_name(sp_model, tiny_dir, tmp_path, 
     (source / "config.json").write_text(json.dumps({**config, "hidden_size": 32, "intermediate_size": 80}))
     code, err = run_main(capsys, str(source), "--output", str(out))
     assert code == 2 and "model.layers.0.self_attn.W_pack.weight has shape (192, 64)" in err
+    # Ids in config.json that the tokenizer's special tokens do not have.
+    (source / "config.json").write_text(json.dumps({**config, "eos_token_id": 7}))
+    code, err = run_main(capsys, str(source), "--output", str(out))
+    assert code == 2 and "eos_token '</s>' is not piece 7 of tokenizer.model, as config.json's eos_token_id says" in err
     # A directory without config.json.
     code, err = run_main(capsys, str(tmp_path), "--output", str(out))
     assert code == 2 and "no config.json" in err
