@@ -172,8 +172,10 @@ def test_non_baichuan_sources_are_refused_by_name(sp_model, tiny_dir, tmp_path, 
     (source / "config.json").write_text(json.dumps({**config, "eos_token_id": 7}))
     code, err = run_main(capsys, str(source), "--output", str(out))
     assert code == 2 and "eos_token '</s>' is not piece 7 of tokenizer.model, as config.json's eos_token_id says" in err
-    # A directory without config.json.
+    # A directory without config.json, and no directory at all.
     code, err = run_main(capsys, str(tmp_path), "--output", str(out))
     assert code == 2 and "no config.json" in err
+    code, err = run_main(capsys, str(tmp_path / "no-such-model"), "--output", str(out))
+    assert code == 2 and "is not a local directory, and reading config.json from the Hugging Face hub failed" in err
     # Nothing written, not even a partial directory, and none of the source's code run.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source"] and not (source / MARKER).exists()

@@ -67,10 +67,12 @@ def _fetch(source: str, name: str) -> Path | None:
     try:
         found = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
     except (OSError, ValueError) as error:
-        where = "a local directory" if Path(source).exists() else "a local directory, and the Hugging Face hub failed"
-        raise BaichuanConversionError(
-            f"cannot read {source!r}: it is not {where} ({type(error).__name__}: {str(error).splitlines()[0]})"
-        ) from error
+        where = (
+            f"cannot read {name} in {source!r}"
+            if Path(source).exists()
+            else f"{source!r} is not a local directory, and reading {name} from the Hugging Face hub failed"
+        )
+        raise BaichuanConversionError(f"{where} ({type(error).__name__}: {str(error).splitlines()[0]})") from error
     return None if found is None else Path(found)
 
 
@@ -78,7 +80,10 @@ def read_baichuan_config(source: str) -> dict:
     """``source``'s config.json, checked to be Baichuan-7B's, with BaiChuanConfig's defaults filled in."""
     path = _fetch(source, "config.json")
     if path is None:
-        raise BaichuanConversionError(f"{source}: no config.json; pass the directory or hub id of Baichuan-7B")
+        raise BaichuanConversionError(
+            f"{source}: no config.json (neither a local directory nor a hub repository holding one); "
+            "pass the directory or hub id of Baichuan-7B"
+        )
     config = json.loads(path.read_text(encoding="utf-8"))
     where = f"{source}/config.json"
     if config.get("model_type") != "baichuan":
@@ -108,7 +113,7 @@ def read_baichuan_config(source: str) -> dict:
     return {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
 
 
-def llama_config(baichuan: dict, dtype: torch.dtype) -> LlamaConfig:
+def llama_config(baichuan: dict) -> LlamaConfig:
     """The LLaMA config of the same model as ``baichuan`` (a checked Baichuan-7B config.json)."""
     return LlamaConfig(
         vocab_size=baichuan["vocab_size"],
@@ -128,7 +133,6 @@ def llama_config(baichuan: dict, dtype: torch.dtype) -> LlamaConfig:
         tie_word_embeddings=False,
         attention_bias=False,
         mlp_bias=False,
-        dtype=dtype,
         architectures=["LlamaForCausalLM"],
     )
 
@@ -244,8 +248,6 @@ def tokenizer_settings(source: str, config: dict) -> tuple[Path, dict]:
         "unk_token": _special_token(settings.get("unk_token", "<unk>")),
         "add_bos_token": settings.get("add_bos_token", True),
         "add_eos_token": settings.get("add_eos_token", False),
-        # transformers 5 would add a dummy prefix the model (Baichuan-7B's has none) never saw.
-        "add_prefix_space": proto.normalizer_spec.add_dummy_prefix,
         "legacy": False,
         "clean_up_tokenization_spaces": settings.get("clean_up_tokenization_spaces", False),
         "model_max_length": config["max_position_embeddings"],
@@ -267,7 +269,8 @@ def write_tokenizer(out: Path, model_file: Path, tokenizer_config: dict) -> None
     """Write the LLaMA tokenizer :func:`tokenizer_settings` describes to ``out``, fast ``tokenizer.json`` included."""
     shutil.copyfile(model_file, out / "tokenizer.model")
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
-    # Loaded the project's one way and saved again: adds the tokenizer.json the rest of YuRen reads.
+    # Loaded the project's one way (it follows the model's dummy-prefix setting) and saved again: adds the
+    # tokenizer.json the rest of YuRen reads.
     load_tokenizer(str(out)).save_pretrained(out)
 
 
@@ -285,9 +288,8 @@ def convert_baichuan(
     for shard in _weight_shards(source):
         tensors.update(_load_shard(shard))
     state = llama_state_dict(tensors, baichuan["hidden_size"], source)
-    # Saved in the stored dtype (config.json's torch_dtype may say otherwise).
-    dtype = next(iter(state.values())).dtype
-    model = _llama_model(llama_config(baichuan, dtype), state, source)
+    # The model holds the stored tensors themselves, so it is saved in their dtype (whatever config.json says).
+    model = _llama_model(llama_config(baichuan), state, source)
     with atomic_directory(target) as staging:
         print(f"[2/3] writing the LLaMA layout to {staging}", flush=True)
         model.save_pretrained(staging, max_shard_size=max_shard_size)
