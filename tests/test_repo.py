@@ -89,6 +89,14 @@ def test_rye_and_uv_install_the_same_dev_dependencies():
     assert ROOT["tool"]["rye"]["dev-dependencies"] == ROOT["dependency-groups"]["dev"]
 
 
+def test_rye_runs_every_command_uv_installs():
+    # `rye run X` reads only [tool.rye.scripts]; `uv run X` the members' [project.scripts]: one list of commands.
+    installed = {}
+    for member in MEMBERS:
+        installed |= tomllib.loads((member / "pyproject.toml").read_text())["project"].get("scripts", {})
+    assert {name: script["call"] for name, script in ROOT["tool"]["rye"]["scripts"].items()} == installed
+
+
 def test_the_web_ui_depends_on_the_core_and_gradio_only():
     webui = tomllib.loads((REPO / "apps" / "webui" / "pyproject.toml").read_text())["project"]["dependencies"]
     assert sorted(canonicalize_name(Requirement(r).name) for r in webui) == ["gradio", "yuren-core"]
