@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -80,13 +81,17 @@ def pytest_collection_finish(session):
     ):
         return
     from make_tiny_model.pipeline import TinyRecipe
-    from make_tiny_model.pipeline_cache import cached_tiny_yuren
+    from make_tiny_model.pipeline_cache import ENTRIES, cached_tiny_yuren, default_cache_dir
 
-    started = time.monotonic()
-    run = cached_tiny_yuren(TinyRecipe())
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    started = time.monotonic()
+    # The stages' own output goes to a log beside the cache, not between pytest's lines.
+    log = default_cache_dir() / ENTRIES / "build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as output, redirect_stdout(output), redirect_stderr(output):
+        run = cached_tiny_yuren(TinyRecipe())
     if reporter is not None:
-        reporter.write_line(f"tiny pipeline: {run.root} ({time.monotonic() - started:.0f} s)")
+        reporter.write_line(f"tiny pipeline: {run.root} ({time.monotonic() - started:.0f} s; build output in {log})")
 
 
 def file_states(root: Path) -> dict[str, tuple[int, int]]:
