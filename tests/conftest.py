@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -67,13 +70,51 @@ def fused_model_dir(prepared_base, tiny_clip_id, tmp_path_factory) -> Path:
     return out
 
 
+def pytest_collection_finish(session):
+    """Get the cached tiny pipeline before the first test when any selected test uses it.
+
+    Training it (minutes; more on a busy machine) is a cache fill, not a test: done here it does not count
+    against the first test's timeout. Later runs, and the demo model, reuse the cache.
+    """
+    if session.config.option.collectonly or not any(
+        "tiny_pipeline" in getattr(i, "fixturenames", ()) for i in session.items
+    ):
+        return
+    from make_tiny_model.pipeline import TinyRecipe
+    from make_tiny_model.pipeline_cache import ENTRIES, cached_tiny_yuren, default_cache_dir
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    started = time.monotonic()
+    # The stages' own output goes to a log beside the cache, not between pytest's lines.
+    log = default_cache_dir() / ENTRIES / "build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as output, redirect_stdout(output), redirect_stderr(output):
+        run = cached_tiny_yuren(TinyRecipe())
+    if reporter is not None:
+        reporter.write_line(f"tiny pipeline: {run.root} ({time.monotonic() - started:.0f} s; build output in {log})")
+
+
+def file_states(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="session")
-def tiny_pipeline(tmp_path_factory):
-    """The tiny model trained through stages 1, 2 and 3 (``make_tiny_model.pipeline``), shared by the multimodal tests."""
-    from make_tiny_model.pipeline import TinyRecipe, train_tiny_yuren
+def tiny_pipeline():
+    """The tiny model trained through stages 1, 2 and 3, from the pipeline cache the demo model shares.
+
+    ``make_tiny_model.pipeline_cache`` (``$YUREN_CACHE_DIR``, default ``~/.cache/yuren``). The tests only read it:
+    at the session's end every file must be as it was.
+    """
+    from make_tiny_model.pipeline import TinyRecipe
+    from make_tiny_model.pipeline_cache import cached_tiny_yuren
 
     recipe = TinyRecipe()
-    return recipe, train_tiny_yuren(tmp_path_factory.mktemp("pipeline"), recipe)
+    run = cached_tiny_yuren(recipe)
+    before = file_states(run.root)
+    yield recipe, run
+    if file_states(run.root) != before:
+        shutil.rmtree(run.root)  # the next run trains it anew rather than reuse what a test changed
+        pytest.fail(f"a test wrote into the cached pipeline {run.root} (now removed); write into tmp_path instead")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """``make-demo-model``: the web UI's demo model, built once, whole or not at all, rebuilt when the recipe changes.
 
-Training itself is ``make_tiny_model.pipeline.train_tiny_yuren``, whose result
-the trainer tests check (it names the colour of unseen shapes); here a stand-in
+Training itself is ``make_tiny_model.pipeline.train_tiny_yuren`` (through the pipeline cache the tests share),
+whose result the trainer tests check (it names the colour of unseen shapes); here a stand-in
 with the same signature writes a small fake stage-3 output.
 """
 
@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 
 from make_tiny_model import demo_model as demo
+from make_tiny_model import pipeline_cache
 from make_tiny_model.pipeline import STEPS, TinyRecipe, TinyRun, train_tiny_yuren
 
 
 @pytest.fixture
-def builds(monkeypatch):
+def builds(monkeypatch, tmp_path):
     """Replace the training with a fake; the list records each build's recipe key (and can make it fail)."""
+    monkeypatch.setenv(pipeline_cache.CACHE_ENV, str(tmp_path / "pipelines"))
     calls: list = []
 
     def fake_train(work_dir, recipe, *, progress=None, show_training_bars=False):
@@ -38,15 +40,15 @@ def builds(monkeypatch):
         calls.append(recipe.key())
         return run
 
-    monkeypatch.setattr(demo, "train_tiny_yuren", fake_train)
+    monkeypatch.setattr(pipeline_cache, "train_tiny_yuren", fake_train)
     return calls
 
 
 def test_the_first_start_builds_and_later_starts_reuse_it(builds, tmp_path, capsys):
     model = demo.ensure_demo_model(tmp_path / "cache")
     assert json.loads((model / "config.json").read_text())["recipe"] == demo.RECIPE.key()
-    assert demo.RECIPE.key() in model.name
-    # Only what serving needs is kept; the build's work files are gone.
+    assert model.name == f"{demo.ENTRY_PREFIX}{pipeline_cache.entry_key(demo.RECIPE)}"
+    # Only what serving needs is kept; the build's work files stay in the pipeline cache.
     assert sorted(p.name for p in model.iterdir()) == ["config.json"]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [demo.BUILD_LOG, model.name]
     # One progress bar on the console; the stages' own output goes to the build log.
@@ -55,6 +57,10 @@ def test_the_first_start_builds_and_later_starts_reuse_it(builds, tmp_path, caps
     assert "training output of stage 3: multimodal SFT" in (tmp_path / "cache" / demo.BUILD_LOG).read_text()
 
     assert demo.ensure_demo_model(tmp_path / "cache") == model
+    # Another demo directory copies the same cached pipeline's model: still one training.
+    assert (demo.ensure_demo_model(tmp_path / "other") / "config.json").read_text() == (
+        model / "config.json"
+    ).read_text()
     assert builds == [demo.RECIPE.key()]
 
 
@@ -84,4 +90,4 @@ def test_recipe_keys_follow_every_setting():
 def test_the_command_prints_the_model_directory_last(builds, tmp_path, capsys):
     demo.main(["--cache-dir", str(tmp_path / "cache")])
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[-1] == str(tmp_path / "cache" / f"{demo.ENTRY_PREFIX}{demo.RECIPE.key()}")
+    assert printed[-1] == str(tmp_path / "cache" / f"{demo.ENTRY_PREFIX}{pipeline_cache.entry_key(demo.RECIPE)}")

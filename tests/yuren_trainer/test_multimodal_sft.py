@@ -125,7 +125,7 @@ def test_zero3_on_two_ranks_completes_when_one_rank_only_ever_gets_text(tiny_pip
         "--data_cache_dir", str(tmp_path / "cache"), *CPU_FLAGS,
     ]  # fmt: skip
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
     # Stage 3's default of 2 epochs, one step each.

@@ -1,8 +1,10 @@
 """The data a stage trains on: its tokenized datasets (text, or image + text) and the collator that batches them.
 
-The main process tokenizes and fills the cache first; the other ranks then
-read the cache. Image records have every image checked up front; the images
-themselves are loaded per batch by the collator.
+The main process tokenizes and fills the cache first; next the first process
+of each other node (a hit where the nodes share the cache's filesystem, its
+own copy where they do not); the other ranks then read their node's cache.
+Image records have every image checked up front; the images themselves are
+loaded per batch by the collator.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ def load_datasets(
 
 def load_data_file(name: str, path: str, data_args: DataArguments, args, tokenizer, *, image_seq_len: int | None):
     """One tokenized data file, through the cache (the main process fills it first), with its stats logged."""
-    with args.main_process_first(desc=f"tokenizing {path}"):
+    # Globally first, then each node's first: nodes that share the cache never tokenize into it at once.
+    with (
+        args.main_process_first(desc=f"tokenizing {path}", local=False),
+        args.main_process_first(desc=f"tokenizing {path}"),
+    ):
         dataset, stats = load_sft_dataset(
             path,
             tokenizer,

@@ -1,10 +1,11 @@
 """``make-demo-model``: the web UI's demo model, the tiny YuRen model trained through stages 1-3 on the project's own data.
 
-Built on first use by :func:`make_tiny_model.pipeline.train_tiny_yuren` (the
+Built on first use from :func:`make_tiny_model.pipeline_cache.cached_tiny_yuren` (the
 pipeline the tests prove can see: it names the colour of shapes it has never
-seen and answers whether a shape is of a colour), then cached; the command prints the model's directory as its last line
-of output (``uv run webui`` with no ``--model`` runs it). The cache entry is named after the recipe's key, which
-includes a pipeline version, so a changed recipe builds a new model instead of
+seen and answers whether a shape is of a colour; the tests train it into the same cache, so one machine trains it
+once), then its final model is copied into ``--cache-dir``; the command prints the model's directory as its last line
+of output (``uv run webui`` with no ``--model`` runs it). The entry is named after the pipeline's cache key (the
+recipe's key and the training code's digest), so a changed recipe or trainer builds a new model instead of
 serving a stale one; entries of other keys are removed once the new one is in
 place.
 """
@@ -15,7 +16,6 @@ import argparse
 import logging
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from yuren_core.atomic import atomic_directory
 
-from .pipeline import STEPS, TinyRecipe, TinyRun, train_tiny_yuren
+from .pipeline import STEPS, TinyRecipe, TinyRun
+from .pipeline_cache import cached_tiny_yuren, entry_key
 
 logger = logging.getLogger("make_tiny_model")
 
@@ -36,23 +37,21 @@ BUILD_LOG = "build.log"
 def ensure_demo_model(cache_dir: Path) -> Path:
     """Return the demo checkpoint under ``cache_dir``, building it on first use (a few minutes on a CPU)."""
     cache_dir = Path(cache_dir)
-    target = cache_dir / f"{ENTRY_PREFIX}{RECIPE.key()}"
+    target = cache_dir / f"{ENTRY_PREFIX}{entry_key(RECIPE)}"
     if (target / "config.json").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     log_file = cache_dir / BUILD_LOG
     logger.info("building the demo model into %s (first start only; details in %s)", target, log_file)
-    # The work files (tiny base, data, stages 1 to 3) live beside the cache and go once the final model is saved.
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".demo-build-") as work:
-        run = _train_with_progress_bar(Path(work), log_file)
-        with atomic_directory(target) as staging:
-            shutil.copytree(run.final, staging, dirs_exist_ok=True, ignore=_not_for_serving)
+    run = _train_with_progress_bar(log_file)
+    with atomic_directory(target) as staging:
+        shutil.copytree(run.final, staging, dirs_exist_ok=True, ignore=_not_for_serving)
     _remove_other_entries(cache_dir, keep=target)
     return target
 
 
-def _train_with_progress_bar(work: Path, log_file: Path) -> TinyRun:
-    """Run the pipeline with one progress bar on the console; the stages' own output goes to ``log_file``."""
+def _train_with_progress_bar(log_file: Path) -> TinyRun:
+    """Get the pipeline's run from its cache with one progress bar on the console; training output goes to ``log_file``."""
     console = sys.stderr
     with (
         tqdm(total=len(STEPS), desc="demo model", unit="step", file=console) as bar,
@@ -66,7 +65,7 @@ def _train_with_progress_bar(work: Path, log_file: Path) -> TinyRun:
             bar.n = index
             bar.set_postfix_str(name)
 
-        run = train_tiny_yuren(work, RECIPE, progress=progress)
+        run = cached_tiny_yuren(RECIPE, progress=progress)
         bar.n = len(STEPS)
         bar.set_postfix_str("done")
     return run
