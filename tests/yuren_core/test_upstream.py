@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -141,11 +142,13 @@ def test_patch_count_must_agree(release_dir, release_clip_dir, tmp_path):
         load_model(edited_release(release_dir, tmp_path / "b", mm_vision_tower=str(bigger)))
 
 
-def test_saved_vision_tower_weights_are_the_ones_used(tiny_dir, release_clip_dir, tmp_path):
+def test_saved_vision_tower_weights_are_the_ones_used(tiny_dir, release_clip_dir, tmp_path, caplog):
     """A checkpoint holding its CLIP tower (upstream's save outside FSDP) loads, and computes with that tower."""
     other = build_clip(tmp_path / "other-clip", seed=1)
     release = build_release(tiny_dir / "base", release_clip_dir, tmp_path / "with-tower", saved_tower=other)
-    model, tokenizer, _ = load_model(release)
+    with caplog.at_level(logging.WARNING, logger="yuren_core.upstream"):
+        model, tokenizer, _ = load_model(release)
+    assert "differ from those of mm_vision_tower" in caplog.text
     input_ids = prompt_ids(tokenizer)
     with torch.no_grad():
         logits = model(input_ids=input_ids, pixel_values=PIXELS).logits
@@ -154,10 +157,14 @@ def test_saved_vision_tower_weights_are_the_ones_used(tiny_dir, release_clip_dir
     assert (logits - reference_logits(release, input_ids, PIXELS)).abs().max() > 1e-2
 
 
-def test_saved_vision_tower_equal_to_mm_vision_tower_changes_nothing(tiny_dir, release_clip_dir, release_dir, tmp_path):
+def test_saved_vision_tower_equal_to_mm_vision_tower_changes_nothing(
+    tiny_dir, release_clip_dir, release_dir, tmp_path, caplog
+):
     release = build_release(tiny_dir / "base", release_clip_dir, tmp_path / "same", saved_tower=release_clip_dir)
     reference, tokenizer, _ = load_model(release_dir)
-    model, _, _ = load_model(release)
+    with caplog.at_level(logging.WARNING, logger="yuren_core.upstream"):
+        model, _, _ = load_model(release)
+    assert "differ from those of mm_vision_tower" not in caplog.text
     input_ids = prompt_ids(tokenizer)
     with torch.no_grad():
         expected = reference(input_ids=input_ids, pixel_values=PIXELS).logits

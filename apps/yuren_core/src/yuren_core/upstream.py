@@ -15,6 +15,7 @@ Saved again (``convert-checkpoint``), it is an ordinary YuRen checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from .modeling import YuRenConfig, YuRenForCausalLM
 from .transformers_clip import load_transformers_clip_vision, open_clip_state_dict
 from .vision import VisionTower, num_patches, vision_width
 from .vocab import special_ids
+
+logger = logging.getLogger(__name__)
 
 UPSTREAM_MODEL_TYPE = "multimodal_llama"
 # config.json keys of upstream's vision side; YuRenConfig records the same facts its own way.
@@ -141,7 +144,16 @@ def load_upstream(path: str | PathLike, tokenizer, **from_pretrained_kwargs) -> 
         )
     state = tower.module.state_dict()
     if saved_tower:
-        state.update(saved_tower_state(path, state, config.open_clip_config["vision_cfg"]["layers"]))
+        saved = saved_tower_state(path, state, config.open_clip_config["vision_cfg"]["layers"])
+        if any(not torch.equal(value, state[key].to(value.dtype)) for key, value in saved.items()):
+            # Upstream trained with the tower frozen, so they are equal unless mm_vision_tower changed since.
+            logger.warning(
+                "%s: the vision tower weights saved in the checkpoint differ from those of mm_vision_tower %r; the "
+                "saved ones are used (upstream's own loader ignored them and used mm_vision_tower's)",
+                path,
+                config_tower_id(path),
+            )
+        state.update(saved)
     model.vision_tower.load_state_dict(state)
     # transformers saves a model under the names it was loaded from; this one is a YuRen model now, and saves
     # (convert-checkpoint, the trainers) as one: what loading a YuRen checkpoint would have attached.
@@ -150,6 +162,11 @@ def load_upstream(path: str | PathLike, tokenizer, **from_pretrained_kwargs) -> 
     model.generation_config.eos_token_id = [ids.im_end, ids.eos]
     model.generation_config.pad_token_id = ids.pad
     return model
+
+
+def config_tower_id(path: str) -> str:
+    """The ``mm_vision_tower`` of the checkpoint at ``path``."""
+    return read_config_dict(path)["mm_vision_tower"]
 
 
 def mismatch_message(path: str, config: YuRenConfig, key: str, saved: tuple, expected: tuple) -> str:
