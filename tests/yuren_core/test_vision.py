@@ -88,7 +88,7 @@ def half_transparent(width, height):
 
 
 def test_half_transparent_pixels_equal_open_clips_own_preprocessing(tiny_clip_id):
-    """The served tower's reference pipeline is open_clip's transform, which converts with convert("RGB")."""
+    """The tower's reference pipeline is open_clip's transform: resize and crop with alpha, then convert("RGB")."""
     _, _, reference = open_clip.create_model_and_transforms(tiny_clip_id)
     ours = ImageProcessor(load_open_clip_vision(tiny_clip_id).preprocess_config)
     image = half_transparent(64, 48)
