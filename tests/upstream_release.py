@@ -109,8 +109,16 @@ def write_slow_tokenizer(base: Path, out: Path) -> dict[str, int]:
     return added
 
 
-def build_release(base: Path, clip: Path, out: Path, *, weights: str = "bin", seed: int = 0) -> Path:
-    """Write a tiny release-layout checkpoint from the tiny LLaMA ``base`` and the CLIP directory ``clip``."""
+def build_release(
+    base: Path, clip: Path, out: Path, *, weights: str = "bin", seed: int = 0, saved_tower: Path | None = None
+) -> Path:
+    """Write a tiny release-layout checkpoint from the tiny LLaMA ``base`` and the CLIP directory ``clip``.
+
+    With ``saved_tower`` (a CLIP directory) the checkpoint also holds that
+    tower's vision weights, as upstream's ``initialize_vision_modules`` and
+    ``save_pretrained`` wrote them outside FSDP: ``model.vision_tower.`` +
+    ``CLIPVisionModel``'s names, the ``position_ids`` buffer 4.30 saved included.
+    """
     out.mkdir(parents=True)
     added = write_slow_tokenizer(base, out)
     llama = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -125,6 +133,11 @@ def build_release(base: Path, clip: Path, out: Path, *, weights: str = "bin", se
     inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
     for layer in range(llama.config.num_hidden_layers):
         state[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
+    if saved_tower is not None:
+        # transformers 4.30's CLIPVisionModel held these weights under vision_model; today's holds them directly.
+        vision = CLIPVisionModel.from_pretrained(saved_tower, dtype=torch.float32)
+        state.update({f"model.vision_tower.vision_model.{k}": v.clone() for k, v in vision.state_dict().items()})
+        state["model.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(PATCHES + 1)[None]
     write_weights(state, out, weights)
 
     config = json.loads((base / "config.json").read_text())
@@ -173,14 +186,20 @@ def write_weights(state: dict[str, torch.Tensor], out: Path, weights: str) -> No
 
 
 @torch.no_grad()
-def reference_logits(release: Path, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Logits the upstream way: CLIPVisionModel -> select layer -> drop CLS -> projector -> patch positions -> LLaMA."""
+def reference_logits(
+    release: Path, input_ids: torch.Tensor, pixel_values: torch.Tensor, *, vision_tower: Path | None = None
+) -> torch.Tensor:
+    """Logits the upstream way: CLIPVisionModel -> select layer -> drop CLS -> projector -> patch positions -> LLaMA.
+
+    The CLIP tower is ``vision_tower`` if given, else the one ``mm_vision_tower`` names.
+    """
     config = json.loads((release / "config.json").read_text())
     state = torch.load(release / "pytorch_model.bin", weights_only=True)
-    vision = CLIPVisionModel.from_pretrained(config["mm_vision_tower"], dtype=torch.float32).eval()
+    vision = CLIPVisionModel.from_pretrained(vision_tower or config["mm_vision_tower"], dtype=torch.float32).eval()
     llama_config = LlamaConfig(**{k: v for k, v in config.items() if not k.startswith("mm_") and k != "model_type"})
     llama = LlamaForCausalLM(llama_config).eval()
-    llama.load_state_dict({k: v for k, v in state.items() if "mm_projector" not in k and "inv_freq" not in k})
+    not_llama = ("mm_projector", "inv_freq", "vision_tower")
+    llama.load_state_dict({k: v for k, v in state.items() if not any(part in k for part in not_llama)})
     projector = nn.Linear(config["mm_hidden_size"], llama_config.hidden_size)
     projector.load_state_dict({"weight": state["model.mm_projector.weight"], "bias": state["model.mm_projector.bias"]})
 
@@ -194,3 +213,26 @@ def reference_logits(release: Path, input_ids: torch.Tensor, pixel_values: torch
             embeds[row, start + 1 : start + 1 + features.shape[1]] = features[image_index]
             image_index += 1
     return llama(inputs_embeds=embeds).logits
+
+
+def edited_release(release_dir, tmp_path, **changes):
+    """A copy of the release with ``config.json`` fields changed (``None`` removes one)."""
+    copy = tmp_path / "edited"
+    shutil.copytree(release_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def wrong_shape_projector(release: Path, tmp_path: Path) -> Path:
+    """A copy of the release whose projector maps 32-wide features, where config.json says 64."""
+    copy = edited_release(release, tmp_path)
+    state = torch.load(copy / "pytorch_model.bin", weights_only=True)
+    state["model.mm_projector.weight"] = torch.zeros(state["model.mm_projector.weight"].shape[0], 32)
+    torch.save(state, copy / "pytorch_model.bin")
+    return copy

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from upstream_release import PATCHES, reference_logits
+from upstream_release import PATCHES, reference_logits, wrong_shape_projector
 
 from convert_checkpoint.__main__ import main
 from yuren_core.chatml import image_block
@@ -84,3 +85,15 @@ def test_refuses_to_overwrite_without_the_flag(release_dir, tmp_path, capsys):
         main([str(release_dir), "--output", str(tmp_path / "out")])
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_wrong_shape_projector_is_one_line_and_exit_2(release_dir, tmp_path, capsys):
+    release = wrong_shape_projector(release_dir, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(release), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    error = lines[-1]
+    assert error.startswith("convert-checkpoint: error: ") and "Traceback" not in "".join(lines)
+    assert re.search(r"model\.mm_projector\.weight has shape \[\d+, 32\] but config.json \(mm_hidden_size 64", error)
+    assert not (tmp_path / "out").exists()

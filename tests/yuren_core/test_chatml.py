@@ -212,13 +212,26 @@ def test_typed_image_placeholder_in_structured_content_stays_text(tokenizer):
     assert out.num_images == 0 and ids.img_patch not in out.input_ids
 
 
-def test_truncation_keeps_labels_aligned_and_never_cuts_an_image(tokenizer):
+def test_truncation_keeps_labels_aligned_ends_on_eos_and_never_cuts_an_image(tokenizer):
+    ids = special_ids(tokenizer)
     full = render(tokenizer, CONVERSATION)
     cut = render(tokenizer, CONVERSATION, max_length=20)
-    assert cut.input_ids == full.input_ids[:20] and cut.labels == full.labels[:20]
+    # Upstream's cut: max_length - 1 tokens, the last one overwritten by a supervised eos.
+    assert cut.input_ids == [*full.input_ids[:18], ids.eos] and cut.labels == [*full.labels[:18], ids.eos]
+    assert render(tokenizer, CONVERSATION, max_length=len(full.input_ids) + 1) == full
     conv = [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "ok"}]
+    image = render(tokenizer, conv, image_seq_len=16)
+    end = image.input_ids.index(ids.img_end)
     with pytest.raises(ImageBlockTruncated):
         render(tokenizer, conv, image_seq_len=16, max_length=10)
+    with pytest.raises(ImageBlockTruncated):  # the block would end where the eos goes
+        render(tokenizer, conv, image_seq_len=16, max_length=end + 2)
+    assert render(tokenizer, conv, image_seq_len=16, max_length=end + 3).input_ids == [
+        *image.input_ids[: end + 1],
+        ids.eos,
+    ]
+    with pytest.raises(ConversationError, match="generation prompt"):
+        render(tokenizer, conv[:1], image_seq_len=16, add_generation_prompt=True, max_length=100)
 
 
 @pytest.mark.parametrize(

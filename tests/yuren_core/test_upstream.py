@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -15,7 +16,9 @@ from upstream_release import (
     WEIGHT_FORMATS,
     build_clip,
     build_release,
+    edited_release,
     reference_logits,
+    wrong_shape_projector,
 )
 
 from yuren_core.chatml import image_block
@@ -107,20 +110,6 @@ def test_preprocessing_follows_the_clip_processor_config(tmp_path):
     assert (got - expected).abs().max() <= 0.05
 
 
-def edited_release(release_dir, tmp_path, **changes):
-    """A copy of the release with ``config.json`` fields changed (``None`` removes one)."""
-    copy = tmp_path / "edited"
-    shutil.copytree(release_dir, copy)
-    config = json.loads((copy / "config.json").read_text())
-    for key, value in changes.items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    (copy / "config.json").write_text(json.dumps(config))
-    return copy
-
-
 def test_missing_vision_tower_is_named(release_dir, tmp_path):
     with pytest.raises(ValueError, match=r"config.json has no mm_vision_tower: set it to the hub id or local path"):
         load_model(edited_release(release_dir, tmp_path, mm_vision_tower=None))
@@ -151,3 +140,49 @@ def test_patch_count_must_agree(release_dir, release_clip_dir, tmp_path):
     CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}).save_pretrained(bigger)
     with pytest.raises(ClipTowerError, match=rf"makes \[48, 48\] px images \(36 patches\) .* \({PATCHES} patches\)"):
         load_model(edited_release(release_dir, tmp_path / "b", mm_vision_tower=str(bigger)))
+
+
+def test_saved_vision_tower_weights_are_the_ones_used(tiny_dir, release_clip_dir, tmp_path, caplog):
+    """A checkpoint holding its CLIP tower (upstream's save outside FSDP) loads, and computes with that tower."""
+    other = build_clip(tmp_path / "other-clip", seed=1)
+    release = build_release(tiny_dir / "base", release_clip_dir, tmp_path / "with-tower", saved_tower=other)
+    with caplog.at_level(logging.WARNING, logger="yuren_core.upstream"):
+        model, tokenizer, _ = load_model(release)
+    assert "differ from those of mm_vision_tower" in caplog.text
+    input_ids = prompt_ids(tokenizer)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, pixel_values=PIXELS).logits
+    assert (logits - reference_logits(release, input_ids, PIXELS, vision_tower=other)).abs().max() <= 1e-4
+    # mm_vision_tower's own weights would give other logits.
+    assert (logits - reference_logits(release, input_ids, PIXELS)).abs().max() > 1e-2
+
+
+def test_saved_vision_tower_equal_to_mm_vision_tower_changes_nothing(
+    tiny_dir, release_clip_dir, release_dir, tmp_path, caplog
+):
+    release = build_release(tiny_dir / "base", release_clip_dir, tmp_path / "same", saved_tower=release_clip_dir)
+    reference, tokenizer, _ = load_model(release_dir)
+    with caplog.at_level(logging.WARNING, logger="yuren_core.upstream"):
+        model, _, _ = load_model(release)
+    assert "differ from those of mm_vision_tower" not in caplog.text
+    input_ids = prompt_ids(tokenizer)
+    with torch.no_grad():
+        expected = reference(input_ids=input_ids, pixel_values=PIXELS).logits
+        assert torch.equal(model(input_ids=input_ids, pixel_values=PIXELS).logits, expected)
+
+
+def test_incomplete_saved_vision_tower_is_named(release_dir, release_clip_dir, tmp_path):
+    release = edited_release(release_dir, tmp_path)
+    state = torch.load(release / "pytorch_model.bin", weights_only=True)
+    state["model.vision_tower.vision_model.pre_layrnorm.weight"] = torch.ones(64)
+    torch.save(state, release / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"holds vision tower weights .* but not model\.vision_tower\.vision_model\."):
+        load_model(release)
+
+
+def test_wrong_shape_projector_is_named(release_dir, tmp_path):
+    release = wrong_shape_projector(release_dir, tmp_path)
+    with pytest.raises(
+        ValueError, match=r"model\.mm_projector\.weight has shape \[\d+, 32\] but config.json \(mm_hidden_size 64"
+    ):
+        load_model(release)

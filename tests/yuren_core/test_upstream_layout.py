@@ -102,3 +102,22 @@ def test_the_dummy_prefix_setting_matters(sentencepiece_variants, upstream_conve
         render(sentencepiece_variants[False][0], turns).input_ids
         != render(sentencepiece_variants[True][0], turns).input_ids
     )
+
+
+@pytest.mark.parametrize("dummy_prefix", [False, True])
+def test_truncation_matches_upstream(sentencepiece_variants, dummy_prefix, upstream_conversations):
+    """Upstream's own cut (``model_max_length`` 4096: 4095 tokens, the last an eos labelled eos), at every offset."""
+    hf_tokenizer, oracle = sentencepiece_variants[dummy_prefix]
+    long = [turn for record in upstream_conversations for turn in record["conversations"]]
+    ours = render(hf_tokenizer, long, max_length=4096)
+    ids, labels = upstream_conversation(oracle, long, 4096)
+    assert len(render(hf_tokenizer, long).input_ids) > 4096
+    assert (ours.input_ids, ours.labels) == (ids, labels)
+    assert len(ids) == 4095 and ids[-1] == labels[-1] == oracle.eos_id
+    # Every cut of a short multi-turn conversation: inside user and assistant text, on <|im_end|>, on an eos, none.
+    multi_turn = [r["conversations"] for r in upstream_conversations if len(r["conversations"]) >= 5]
+    few = min(multi_turn, key=lambda turns: sum(len(turn["value"]) for turn in turns))
+    length = len(render(hf_tokenizer, few).input_ids)
+    for max_length in range(2, length + 3):
+        ours = render(hf_tokenizer, few, max_length=max_length)
+        assert (ours.input_ids, ours.labels) == upstream_conversation(oracle, few, max_length), max_length

@@ -50,23 +50,24 @@ def test_palette_image_becomes_its_colours(processor):
     torch.testing.assert_close(processor(image)[0], expected(BLUE))
 
 
-def test_palette_transparency_is_composited_on_white(processor):
+def test_palette_transparency_keeps_the_palette_colour(processor):
     image = Image.new("P", (SIZE, SIZE), 0)
     image.putpalette([*RED, *BLUE] + [0] * 762)
     image.paste(1, (0, 0, SIZE, SIZE // 2))  # top half blue, bottom half red
-    image.info["transparency"] = 1  # ...and blue is the transparent colour key
+    image.info["transparency"] = 1  # ...and blue is the transparent colour key, which convert("RGB") ignores
     pixels = processor(Image.open(io.BytesIO(png_bytes(image))))[0]
-    torch.testing.assert_close(pixels[:, :8], expected(WHITE, 8))
+    torch.testing.assert_close(pixels[:, :8], expected(BLUE, 8))
     torch.testing.assert_close(pixels[:, -8:], expected(RED, 8))
 
 
 @pytest.mark.parametrize(
     ("mode", "value", "rgb"),
     [
-        ("RGBA", (0, 0, 255, 0), WHITE),  # fully transparent: the background, whatever the colour
-        ("RGBA", (0, 0, 255, 255), BLUE),  # opaque: the colour
-        ("RGBA", (0, 0, 0, 128), (127, 127, 127)),  # half transparent black over white
-        ("LA", (0, 0), WHITE),
+        # Alpha is dropped, as the towers' reference preprocessing drops it: the colour under it stays.
+        ("RGBA", (0, 0, 255, 0), BLUE),
+        ("RGBA", (0, 0, 255, 255), BLUE),
+        ("RGBA", (0, 0, 0, 128), (0, 0, 0)),
+        ("LA", (0, 0), (0, 0, 0)),
         ("L", 200, (200, 200, 200)),
         ("1", 1, WHITE),
         ("I;16", 40000, (155, 155, 155)),  # the full 16-bit range scaled to 8 bits, not clipped to 255
@@ -77,6 +78,31 @@ def test_modes_convert_to_rgb(processor, mode, value, rgb):
     pixels = processor(Image.new(mode, (SIZE, SIZE), value))
     assert pixels.shape == (1, 3, SIZE, SIZE)
     torch.testing.assert_close(pixels[0], expected(rgb), atol=0.02, rtol=0)
+
+
+def half_transparent(width, height):
+    """Noise whose alpha runs from transparent to opaque: every pixel hides a colour under partial alpha."""
+    image = noise(width, height).convert("RGBA")
+    image.putalpha(Image.linear_gradient("L").rotate(90).resize((width, height)))
+    return image
+
+
+def test_half_transparent_pixels_equal_open_clips_own_preprocessing(tiny_clip_id):
+    """The tower's reference pipeline is open_clip's transform: resize and crop with alpha, then convert("RGB")."""
+    _, _, reference = open_clip.create_model_and_transforms(tiny_clip_id)
+    ours = ImageProcessor(load_open_clip_vision(tiny_clip_id).preprocess_config)
+    image = half_transparent(64, 48)
+    assert len(set(image.getchannel("A").getdata())) > 50
+    assert torch.equal(ours(image)[0], reference(image))
+
+
+def test_half_transparent_pixels_are_what_upstreams_processor_was_given(release_clip_dir):
+    """transformers 4.30's CLIPImageProcessor (the release's) converted with convert("RGB") before resizing."""
+    from yuren_core.transformers_clip import preprocess_config_of
+
+    ours = ImageProcessor(preprocess_config_of(str(release_clip_dir), source="test"))
+    image = half_transparent(64, 48)
+    assert torch.equal(ours(image), ours(image.convert("RGB")))
 
 
 def half_red_half_blue(width, height):

@@ -104,8 +104,10 @@ def test_conversations_without_supervised_tokens_are_dropped_and_counted(tmp_pat
         {"conversations": [{"from": "human", "value": long_prompt}, {"from": "gpt", "value": "Cut off entirely."}]},
     ]
     columns, stats = tokenize(read_conversations(write_json(tmp_path / "d.json", records)), tokenizer, max_length=64)
-    assert stats.dropped_unsupervised == 2
-    assert stats.kept == len(columns["input_ids"]) == 1
+    # The answer cut off entirely still ends on a supervised eos, as upstream's cut made it; the unanswered one goes.
+    assert stats.dropped_unsupervised == 1
+    assert stats.kept == len(columns["input_ids"]) == 2
+    assert [label for label in columns["labels"][1] if label != IGNORE_INDEX] == [tokenizer.eos_token_id]
     # The kept row is the real conversation, its prompt unsupervised: no copying of prompt tokens into labels.
     expected = render(tokenizer, MEMORY_CONVERSATIONS[0]["conversations"])
     assert columns["labels"][0] == expected.labels
@@ -120,9 +122,11 @@ def test_truncation_keeps_labels_aligned(tmp_path, tokenizer):
         read_conversations(write_json(tmp_path / "t.json", [conversation])), tokenizer, max_length=limit
     )
     assert stats.truncated == 1
-    assert columns["input_ids"][0] == full.input_ids[:limit]
-    assert columns["labels"][0] == full.labels[:limit]
-    assert columns["length"][0] == limit
+    # Upstream's cut: limit - 1 tokens, the last overwritten by the eos, labelled.
+    eos = tokenizer.eos_token_id
+    assert columns["input_ids"][0] == [*full.input_ids[: limit - 2], eos]
+    assert columns["labels"][0] == [*full.labels[: limit - 2], eos]
+    assert columns["length"][0] == limit - 1
 
 
 def test_tokenized_data_is_cached_and_a_changed_file_misses(tmp_path, tokenizer, monkeypatch):

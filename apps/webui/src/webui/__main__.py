@@ -247,8 +247,9 @@ def main(argv: list[str] | None = None) -> None:
             compile=args.compile,
             threads=args.threads,
         )
-    except OSError as error:
-        # transformers' message names the model and what it looked for (a missing hub repo, a folder without config).
+    except (OSError, ValueError) as error:
+        # transformers' message names the model and what it looked for (a missing hub repo, a folder without config);
+        # the loader's names the checkpoint file or config field to fix (a missing vision tower, a wrong-shape weight).
         fail("webui", str(error))
     local = Path(model_path)
     # A local directory is named, not located: the page need not reveal the server's file layout.

@@ -200,9 +200,9 @@ def render(
     ``<|img_patch|>`` + ``<|img_end|>``. With ``add_generation_prompt`` the
     conversation must end with a user turn and the ids end with
     ``<|im_start|>assistant\\n``, ready for the model to answer (no BOS: training
-    never had one). ``max_length`` truncates ids and labels together; cutting
-    through an image block raises :class:`ImageBlockTruncated` instead, since
-    half an image cannot be spliced.
+    never had one). ``max_length`` is the training length limit, applied as
+    upstream's training data applied its ``model_max_length``: see
+    :func:`truncated`.
     """
     conversation = list(conversation)
     messages = conversation if all(isinstance(m, Message) for m in conversation) else to_messages(conversation)
@@ -250,15 +250,43 @@ def render(
         if supervised:
             input_ids.append(ids.eos)
             labels.append(ids.eos)
-    num_images = sum(m.num_images for m in messages)
+    rendered = Rendered(input_ids=input_ids, labels=labels, num_images=sum(m.num_images for m in messages))
+    if max_length is None:
+        return rendered
+    if add_generation_prompt:
+        raise ConversationError("max_length truncates training data; a generation prompt is never truncated")
+    return truncated(rendered, max_length, ids)
 
-    if max_length is not None and len(input_ids) > max_length:
-        if num_images and max(i for i, t in enumerate(input_ids) if t in (ids.img_start, ids.img_end)) >= max_length:
+
+def truncated(rendered: Rendered, max_length: int, ids: SpecialIds) -> Rendered:
+    """``rendered`` cut to the training limit ``max_length`` exactly as upstream's training data was cut.
+
+    Upstream (``build_datasets``, ``model_max_length``) kept the first
+    ``max_length - 1`` tokens of a conversation and, where the last one kept
+    was not already the eos, overwrote it with the eos, labelled as the eos:
+    a cut conversation always ends on a supervised eos, so the model learned to
+    stop at the limit. A conversation of at most ``max_length - 1`` tokens is
+    returned as it is. A cut into or before an image block raises
+    :class:`ImageBlockTruncated`: an image cannot be spliced in part, and the
+    caller's images must all find their block.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (one token and the eos), got {max_length}")
+    keep = max_length - 1
+    if len(rendered.input_ids) <= keep:
+        return rendered
+    input_ids, labels = rendered.input_ids[:keep], rendered.labels[:keep]
+    if rendered.num_images:
+        last_marker = max(i for i, t in enumerate(rendered.input_ids) if t in (ids.img_start, ids.img_end))
+        # The last kept position becomes the eos, so an image block must end before it.
+        if last_marker >= keep - 1:
             raise ImageBlockTruncated(
-                f"the conversation is {len(input_ids)} tokens and an image block ends past max_length={max_length}"
+                f"the conversation is {len(rendered.input_ids)} tokens; max_length={max_length} keeps "
+                f"{keep - 1} of them before the closing eos, which cuts an image block"
             )
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return Rendered(input_ids=input_ids, labels=labels, num_images=num_images)
+    if input_ids[-1] != ids.eos:
+        input_ids[-1] = labels[-1] = ids.eos
+    return Rendered(input_ids=input_ids, labels=labels, num_images=rendered.num_images)
 
 
 def _stripped_around_specials(pieces: list[str | list[int]]) -> list[str | list[int]]:

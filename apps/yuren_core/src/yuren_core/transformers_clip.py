@@ -12,9 +12,12 @@ The result is the same :class:`~yuren_core.vision.VisionTower` that
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import (
     AutoConfig,
     CLIPConfig,
@@ -45,6 +48,11 @@ def load_transformers_clip_vision(identifier: str, *, source: str) -> VisionTowe
     for error messages. Raises :class:`ClipTowerError` when the checkpoint
     cannot be read or is not a CLIP ViT that open_clip can express.
     """
+    if not Path(identifier).exists() and not is_repo_id(identifier):
+        raise ClipTowerError(
+            f"{source} is {identifier!r}, which could not be read: there is no such directory; point it at the "
+            "hub id or local directory of the CLIP model the checkpoint was trained with"
+        )
     try:
         config = AutoConfig.from_pretrained(identifier)
     except (OSError, ValueError) as error:
@@ -92,8 +100,17 @@ def load_transformers_clip_vision(identifier: str, *, source: str) -> VisionTowe
             f"{sorted(info['missing_keys'])[:5]}, mismatched {sorted(info['mismatched_keys'])[:5]}"
         )
     tower = build_vision_tower(open_clip_config)
-    tower.load_state_dict(open_clip_state_dict(clip, vision_config.num_hidden_layers))
+    tower.load_state_dict(open_clip_state_dict(clip.state_dict(), vision_config.num_hidden_layers))
     return VisionTower(module=tower, open_clip_config=open_clip_config, preprocess_config=preprocess_config)
+
+
+def is_repo_id(identifier: str) -> bool:
+    """Whether ``identifier`` has a hub id's form (``org/repo``); a path with more parts cannot be one."""
+    try:
+        validate_repo_id(identifier)
+    except HFValidationError:
+        return False
+    return True
 
 
 def open_clip_config_of(vision_config: CLIPVisionConfig, embed_dim: int, *, source: str) -> dict[str, Any]:
@@ -173,13 +190,13 @@ def preprocess_config_of(identifier: str, *, source: str) -> dict[str, Any]:
     }
 
 
-def open_clip_state_dict(clip: CLIPVisionModel | CLIPVisionModelWithProjection, layers: int) -> dict[str, torch.Tensor]:
-    """The weights of a transformers CLIP vision model under open_clip's ViT names.
+def open_clip_state_dict(weights: Mapping[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """The weights of a transformers CLIP vision model (its ``state_dict()``) under open_clip's ViT names.
 
     A model without a projection (``CLIPVisionModel``) gets an identity one:
     YuRen reads patch features from inside the tower, never the projected output.
+    Raises ``KeyError`` naming a weight ``weights`` lacks.
     """
-    weights = clip.state_dict()
     vision = "vision_model."
     out = {
         "class_embedding": weights[f"{vision}embeddings.class_embedding"],

@@ -36,7 +36,6 @@ from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize
 # what a decompression bomb expands to. Pillow's own guard only warns below 2x its limit.
 DEFAULT_MAX_PIXELS = 64_000_000
 
-WHITE = (255, 255, 255)
 
 ImageSource = Image.Image | str | PathLike | bytes | BinaryIO
 
@@ -174,16 +173,19 @@ def check_pixel_limit(image: Image.Image, max_pixels: int, *, name: str = "the i
         )
 
 
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
-    """Return ``image`` as 8-bit RGB, compositing any transparency onto ``background``.
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return ``image`` as 8-bit RGB the way the towers' reference preprocessing converts it: alpha dropped.
 
-    Palette images, grayscale (8- and 16-bit), CMYK and images with an alpha
-    channel or a transparent colour key all come out as plain RGB.
+    open_clip's transform and transformers 4.30's ``CLIPImageProcessor`` (what
+    upstream's release was trained with) both call ``convert("RGB")``, which
+    keeps the colour stored under a transparent pixel instead of compositing
+    it onto a background (a palette's transparent entry keeps its colour).
+    The towers were trained on images converted that way, so they get them
+    that way here too; later transformers composite onto white, which the
+    release never saw. Palette images, grayscale, CMYK and images with alpha
+    all come out as plain RGB. 16-bit grayscale is scaled to 8 bits rather
+    than clipped at 255 as ``convert`` would.
     """
-    if image.has_transparency_data:
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
     if image.mode.startswith("I;16"):
         # Pillow's RGB conversion clips 16-bit values at 255; scale the full range instead.
         image = image.point(lambda value: value / 257).convert("L")
@@ -269,10 +271,14 @@ def floor_crop_transform(config: PreprocessCfg) -> Compose:
 class ImageProcessor:
     """Turn images into the ``pixel_values`` a YuRen model's vision tower takes.
 
-    Steps, in order: size check, EXIF orientation, RGB conversion (alpha onto
-    white), optional padding to a square (with the normalisation mean colour,
-    as LLaVA does), then open_clip's resize / center crop / normalise from the
-    checkpoint's preprocess config. Before anything is scaled up, the image is
+    Steps, in order: size check, EXIF orientation, RGB conversion
+    (:func:`to_rgb`), optional padding to a square (with the normalisation mean
+    colour, as LLaVA does), then open_clip's resize / center crop / normalise
+    from the checkpoint's preprocess config. Transparency is handled as the
+    reference pipeline of the checkpoint's tower handles it, so pixels match
+    it exactly: open_clip's transform resizes and crops with the alpha channel
+    and drops it after; ``CLIPImageProcessor`` (a ``crop_offset: floor``
+    config: upstream's release) and LLaVA's square padding drop it before. Before anything is scaled up, the image is
     bounded by what the tower sees (:func:`shrink_long_side` before padding,
     :func:`crop_to_kept_region` before a shortest-side resize), so the work per
     image never grows with how thin or tall it is.
@@ -295,6 +301,9 @@ class ImageProcessor:
             if crop_offset == "floor"
             else image_transform_v2(self.config, is_train=False)
         )
+        # open_clip's transform resizes and crops an image with its alpha channel (Pillow premultiplies it while
+        # resampling) and drops the alpha only then; CLIPImageProcessor and LLaVA's square padding drop it first.
+        self.alpha_until_cropped = crop_offset != "floor" and not pad_to_square
         self.fill = tuple(round(channel * 255) for channel in self.config.mean)
 
     @classmethod
@@ -326,10 +335,13 @@ class ImageProcessor:
         return _pair(self.config.size)
 
     def prepare(self, image: ImageSource) -> Image.Image:
-        """Everything before open_clip's transform: size check, EXIF orientation, RGB, optional square pad."""
+        """Everything before the resize: size check, EXIF orientation, RGB (or RGBA), optional square pad."""
         image = open_image(image, max_pixels=self.max_pixels)
         image = ImageOps.exif_transpose(image)
-        image = to_rgb(image)
+        if self.alpha_until_cropped and "A" in image.getbands():
+            image = image.convert("RGBA")
+        else:
+            image = to_rgb(image)
         if self.pad_to_square:
             # Shrinking first: padding a 1 x 1,000,000 strip to a square would take 3 TB.
             image = expand_to_square(shrink_long_side(image, max(self.image_size)), self.fill)
