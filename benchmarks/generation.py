@@ -1,11 +1,10 @@
 """Generation: the web UI's streaming path against upstream's sampling loop, on one small YuRen model.
 
 * ``web UI``: ``webui.engine.ModelBackend.stream``: the prompt rendered by
-  ``yuren_core.chatml``, decoded by ``yuren_core.decoding.Decoder`` (per
-  new token ``yuren_core.llama_step.LlamaStep``: each decoder layer's
-  arithmetic in its order on one ``[1, hidden]`` row, without
-  ``LlamaModel.forward``'s per-call mask and rotary work or the layers'
-  wrappers, the projections fused; logits of the last prompt position only), streamed by
+  ``yuren_core.chatml``, decoded by ``yuren_core.decoding.Decoder`` (the
+  model's forward for the prompt, keeping the last position's logits only,
+  then its decoder stack and head per new token on a ``DynamicCache``;
+  ``Sampler``), streamed by
   ``TextDeltas``, on the backend's compute thread, the pieces handed to the
   caller's thread as they come: what a browser receives;
   with ``--compile`` also the same path on a static cache with ``torch.compile``;
@@ -37,14 +36,20 @@ answer. Since a whole answer yields one TTFT sample, the TTFT target is
 decided on ``--ttft-repeats`` further interleaved runs that close each stream
 at its first piece (wall time, and the CPU time of the compute thread, which
 does every way's work and which other jobs on a shared machine do not stretch). A cProfile of each way splits the time per token into the model's
-decoder layers (``LlamaDecoderLayer.forward``, or ``LlamaStep.layer`` where the
-web UI's decode steps run a layer: the same arithmetic in every way) and
+decoder layers (``LlamaDecoderLayer.forward``: the same arithmetic in every way) and
 everything around them (the stack's per-call work, sampling, streaming, bookkeeping).
 
     uv run python benchmarks/generation.py            # ~3 minutes on 2 cores, quiet
     uv run python benchmarks/generation.py --load 1   # with one competing process (a shared machine)
     uv run python benchmarks/generation.py --compile  # plus the compiled static-cache path
     uv run python benchmarks/generation.py --smoke    # tiny model, 16 tokens, seconds
+    uv run python benchmarks/generation.py --hidden 2048 --intermediate 5504 --layers 20 --heads 16 \
+        --new-tokens 64 --repeats 3 --ttft-repeats 3       # a 1.0B-parameter model: memory bandwidth bound
+
+Before the timed runs it measures the memory bandwidth (the best of repeated
+sums of a 1 GiB tensor) and reports each way's tokens/s against the ceiling
+that sets: the bytes of weights a decode step reads (decoder layers, final
+norm, head), once per token, at that bandwidth.
 """
 
 from __future__ import annotations
@@ -83,7 +88,6 @@ from webui.backend import GenerationParams
 from webui.compute import ComputeThread
 from webui.engine import ModelBackend
 from yuren_core.chatml import user_content
-from yuren_core.llama_step import LlamaStep
 from yuren_core.loading import load_model
 
 QUESTION = "请仔细观察这张图片, 描述画面中的主要物体、它们的颜色和位置, 并说明这张图片可能是在什么场合拍摄的。"
@@ -197,12 +201,34 @@ def generate_before(
     worker.join()
 
 
+def memory_bandwidth(nbytes: int = 2**30, repeats: int = 5) -> float:
+    """Bytes per second that summing a float32 tensor of ``nbytes`` reads, the best of ``repeats`` sums.
+
+    A decode step of one sequence reads every weight once and does little with
+    each, so this bounds its tokens/s (see :func:`weight_bytes_per_token`).
+    """
+    x = torch.ones(nbytes // 4)
+    x.sum()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - start)
+    return x.nbytes / min(times)
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one decode step reads: the decoder layers, the final norm and the output head."""
+    decoder = model.get_decoder()
+    modules = [*decoder.layers, decoder.norm, model.get_output_embeddings()]
+    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
+
+
 def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
     """cProfile ``run()`` (calling thread only): time in the decoder layers against everything around them.
 
-    Returns the ms per new token inside a decoder layer (``LlamaDecoderLayer.forward``, or
-    ``yuren_core.llama_step.LlamaStep.layer`` for the web UI's decode steps: the arithmetic every
-    way shares) and outside it, and the Python functions outside the model with the most own
+    Returns the ms per new token inside a decoder layer (``LlamaDecoderLayer.forward``: the
+    arithmetic every way shares) and outside it, and the Python functions outside the model with the most own
     time (ms per token).
     """
     profiler = cProfile.Profile()
@@ -211,11 +237,11 @@ def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
     profiler.disable()
     stats = pstats.Stats(profiler).stats
     total = sum(entry[2] for entry in stats.values())
-    layers = [inspect.unwrap(LlamaDecoderLayer.forward).__code__, LlamaStep.layer.__code__]
+    layer = inspect.unwrap(LlamaDecoderLayer.forward).__code__
     model = sum(
         entry[3]
         for (file, line, name), entry in stats.items()
-        if any((file, line, name) == (c.co_filename, c.co_firstlineno, c.co_name) for c in layers)
+        if (file, line, name) == (layer.co_filename, layer.co_firstlineno, layer.co_name)
     )
     inside_model = (
         "torch/nn/",
@@ -223,7 +249,6 @@ def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
         "yuren_core/modeling.py",
         "transformers/integrations/",
         "cache_utils",
-        "yuren_core/llama_step.py:layer",
     )
     outside = sorted(
         (
@@ -337,6 +362,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         return run
 
+    bandwidth = compute.call(memory_bandwidth, 2**26 if args.smoke else 2**30)
+    weight_bytes = weight_bytes_per_token(model)
+    ceiling = bandwidth / weight_bytes
     with busy_processes(args.load):
         interleaved({name: recorded(name) for name in ways}, args.repeats)
     summary = {}
@@ -345,6 +373,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary[name] = {
             "ttft_ms": median([r["ttft"] for r in runs]) * 1e3,
             "tokens_per_s": median([args.new_tokens / r["total"] for r in runs]),
+            # After the first piece: decode steps alone (what the bandwidth ceiling bounds), prefill left out.
+            "decode_tokens_per_s": median([(args.new_tokens - 1) / (r["total"] - r["ttft"]) for r in runs]),
             "total_s": median([r["total"] for r in runs]),
         }
     # A whole answer gives one TTFT sample per run; first-piece runs (stream closed after it) give many more.
@@ -368,7 +398,8 @@ def main(argv: list[str] | None = None) -> dict:
     ttft_ratio, ttft_ratio_whole_answers = ttft_ratio_of(firsts), ttft_ratio_of(outcomes)
     print_table(
         f"Generation: {len(prompt.input_ids)}-token prompt with one image, {args.new_tokens} new tokens, "
-        f"{args.layers} layers x {args.hidden} hidden, {args.load} busy processes beside; median of {args.repeats}",
+        f"{args.layers} layers x {args.hidden} hidden, {args.load} busy processes beside; median of {args.repeats}; "
+        f"{weight_bytes / 1e9:.2f} GB of weights per token at {bandwidth / 1e9:.1f} GB/s: ceiling {ceiling:.2f} tok/s",
         [
             "way",
             "TTFT ms",
@@ -376,6 +407,8 @@ def main(argv: list[str] | None = None) -> dict:
             "(compute thread CPU)",
             "tok/s",
             "speedup (tok/s)",
+            "decode tok/s",
+            "share of ceiling",
         ],
         [
             [
@@ -385,6 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
                 s.get("first_piece_ttft_cpu_ms", "-"),
                 s["tokens_per_s"],
                 s["tokens_per_s"] / summary[upstream_name]["tokens_per_s"],
+                s["decode_tokens_per_s"],
+                s["decode_tokens_per_s"] / ceiling,
             ]
             for name, s in summary.items()
         ],
@@ -438,8 +473,10 @@ def main(argv: list[str] | None = None) -> dict:
         "ttft_ratio_upstream_over_web_ui": round(ttft_ratio, 3),
         "ttft_ratio_in_whole_answers": round(ttft_ratio_whole_answers, 3),
         "greedy_outputs_identical": True,
-        # Layers whose projections the web UI's decode step reads as one fused weight (LlamaStep).
-        "web_ui_fused_layers": backend.decoder.fused_layers,
+        "bandwidth_gb_per_s": round(bandwidth / 1e9, 3),
+        "weight_bytes_per_token": weight_bytes,
+        "ceiling_tokens_per_s": round(ceiling, 3),
+        "decode_share_of_ceiling": {name: round(s["decode_tokens_per_s"] / ceiling, 3) for name, s in summary.items()},
         "profiles": profiles,
         "targets": [
             target("web UI tokens/s >= 1.2x upstream loop", speedup, 1.2),
@@ -451,6 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
         "intermediate": args.intermediate,
         "layers": args.layers,
         "heads": args.heads,
+        "vocab_size": model.get_output_embeddings().out_features,
         "image_patches": model.config.image_seq_len,
         "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p, "repetition_penalty": 1.1},
         "repeats": args.repeats,

@@ -84,8 +84,8 @@ def build_checkpoint(workdir: Path, sizes: dict[str, int]) -> Path:
 
 
 def save_quantized(checkpoint: Path) -> Path:
-    """``checkpoint`` written once as an 8-bit checkpoint beside it, by ``quantize`` (``yuren_core.quantized``)."""
-    from yuren_core.quantized import save_quantized as write_8bit
+    """``checkpoint`` written once as an 8-bit checkpoint beside it, by ``quantize`` (``quantize_model.writing``)."""
+    from quantize_model.writing import save_quantized as write_8bit
 
     quantized = checkpoint.with_name("saved-8bit")
     if not (quantized / "config.json").is_file():

@@ -89,6 +89,14 @@ def test_rye_and_uv_install_the_same_dev_dependencies():
     assert ROOT["tool"]["rye"]["dev-dependencies"] == ROOT["dependency-groups"]["dev"]
 
 
+def test_rye_runs_every_command_uv_installs():
+    # `rye run X` reads only [tool.rye.scripts]; `uv run X` the members' [project.scripts]: one list of commands.
+    installed = {}
+    for member in MEMBERS:
+        installed |= tomllib.loads((member / "pyproject.toml").read_text())["project"].get("scripts", {})
+    assert {name: script["call"] for name, script in ROOT["tool"]["rye"]["scripts"].items()} == installed
+
+
 def test_the_web_ui_depends_on_the_core_and_gradio_only():
     webui = tomllib.loads((REPO / "apps" / "webui" / "pyproject.toml").read_text())["project"]["dependencies"]
     assert sorted(canonicalize_name(Requirement(r).name) for r in webui) == ["gradio", "yuren-core"]
@@ -108,3 +116,40 @@ def test_no_library_module_imports_a_recipe_or_a_main_module():
         if path.name != "__main__.py" and pattern.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def _package_imports(package: Path) -> dict[str, set[str]]:
+    """For each module of ``package``, the sibling modules it imports (at any depth, relative or absolute)."""
+    import ast
+
+    name = package.name
+    modules = {path.stem for path in package.glob("*.py")}
+    graph = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level == 1 or base.split(".")[0] == name:
+                    target = base.removeprefix(name).lstrip(".").split(".")[0]
+                    # `from . import x` and `from yuren_core import x` name the module in the alias.
+                    found |= {target} if target else {alias.name for alias in node.names}
+        graph[path.stem] = (found & modules) - {path.stem}
+    return graph
+
+
+def test_no_core_module_imports_one_that_imports_it_back():
+    # A cycle (even through a function-level import) means two modules hold one idea between them.
+    graph = _package_imports(REPO / "apps" / "yuren_core" / "src" / "yuren_core")
+    cycles = []
+
+    def visit(module: str, trail: list[str]) -> None:
+        for target in sorted(graph[module]):
+            if target in trail:
+                cycles.append(" -> ".join([*trail[trail.index(target) :], target]))
+            elif len(trail) < len(graph):
+                visit(target, [*trail, target])
+
+    for module in sorted(graph):
+        visit(module, [module])
+    assert cycles == []

@@ -269,7 +269,7 @@ def test_all_tensor_work_runs_on_the_compute_thread(image_backend, fused, monkey
     """Loading aside, every forward and preprocessing runs on one thread, whichever thread consumes the stream."""
     threads = []
     record = lambda *_: threads.append(threading.get_ident())  # noqa: E731
-    # The prefill calls the model; decode steps call each layer's parts, the MLP among them.
+    # The prefill calls the model; decode steps call its decoder stack, the layers' MLPs among them.
     hooks = [image_backend.model.register_forward_pre_hook(record)]
     hooks.append(image_backend.model.model.layers[0].mlp.register_forward_pre_hook(record))
     preprocess = image_backend.image_processor.preprocess

@@ -1,4 +1,4 @@
-"""The lean decode loop: the same tokens as ``generate`` (greedy and sampled), stop tokens, stop requests, text deltas."""
+"""The decode loop: the same logits and tokens as ``generate`` (greedy and sampled), stop tokens, stop requests, text deltas."""
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from yuren_core.decoding import Decoder, PreallocatedLayer, Sampler, TextDeltas
+from yuren_core.decoding import Decoder, Sampler, TextDeltas
 from yuren_core.loading import load_model
 
 
@@ -94,17 +94,6 @@ def test_stops_before_an_end_token_and_on_request(served):
     assert requested == free[:3]
 
 
-def test_preallocated_layer_returns_what_concatenation_would():
-    layer = PreallocatedLayer(capacity=5)
-    first, second = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 1, 4)
-    layer.update(first, -first)
-    keys, values = layer.update(second, -second)
-    assert torch.equal(keys, torch.cat([first, second], dim=2)) and torch.equal(values, -keys)
-    assert layer.get_seq_length() == 4
-    with pytest.raises(ValueError, match="holds 5 tokens"):
-        layer.update(torch.randn(1, 2, 2, 4), torch.randn(1, 2, 2, 4))
-
-
 def test_text_deltas_concatenate_to_the_whole_decode(tokenizer):
     text = "Hello world, 你好吗？ A cat 🐈 sat. 羽人 answers\nline two"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
@@ -143,9 +132,8 @@ def generated_logits(model, input_ids, pixel_values, max_new_tokens):
     return out.sequences[0, len(input_ids) :].tolist(), [step.float() for step in out.logits[1:]]
 
 
-def assert_lean_steps_equal_generate(model, input_ids, pixel_values, max_new_tokens=16):
+def assert_steps_equal_generate(model, input_ids, pixel_values, max_new_tokens=16):
     decoder = Decoder(model)
-    assert decoder.lean
     tokens, logits = logits_of_each_step(decoder, input_ids, pixel_values, max_new_tokens)
     expected_tokens, expected_logits = generated_logits(model, input_ids, pixel_values, max_new_tokens)
     assert tokens == expected_tokens
@@ -153,29 +141,27 @@ def assert_lean_steps_equal_generate(model, input_ids, pixel_values, max_new_tok
     assert all(torch.equal(ours, theirs) for ours, theirs in zip(logits, expected_logits, strict=True))
 
 
-def test_lean_steps_give_generates_logits_exactly_with_an_image(served):
+def test_decode_steps_give_generates_logits_exactly_with_an_image(served):
     model, _, _ = served
-    assert_lean_steps_equal_generate(model, image_prompt(model.config), PIXELS)
-    # The static cache of the compiled path holds unfilled slots, which only a mask keeps out.
-    assert not Decoder(model, compile=True).lean
+    assert_steps_equal_generate(model, image_prompt(model.config), PIXELS)
 
 
-def test_lean_steps_give_generates_logits_exactly_after_a_long_prompt(served):
+def test_decode_steps_give_generates_logits_exactly_after_a_long_prompt(served):
     model, _, _ = served
     prompt = torch.randint(5, 1000, (1500,), generator=torch.Generator().manual_seed(1)).tolist()
-    assert_lean_steps_equal_generate(model, prompt, None, max_new_tokens=24)
+    assert_steps_equal_generate(model, prompt, None, max_new_tokens=24)
 
 
-def test_lean_steps_give_generates_logits_exactly_with_eager_attention(fused_model_dir):
+def test_decode_steps_give_generates_logits_exactly_with_eager_attention(fused_model_dir):
     model, _, _ = load_model(fused_model_dir)
     model.set_attn_implementation("eager")
-    assert_lean_steps_equal_generate(model, image_prompt(model.config), PIXELS)
+    assert_steps_equal_generate(model, image_prompt(model.config), PIXELS)
 
 
-def test_lean_steps_give_generates_logits_exactly_in_8bit(fused_model_dir):
+def test_decode_steps_give_generates_logits_exactly_in_8bit(fused_model_dir):
     model, _, _ = load_model(fused_model_dir, load_8bit=True)
     assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.int8
-    assert_lean_steps_equal_generate(model, image_prompt(model.config), PIXELS)
+    assert_steps_equal_generate(model, image_prompt(model.config), PIXELS)
 
 
 def grouped_query_llama(**rope_parameters) -> LlamaForCausalLM:
@@ -206,124 +192,26 @@ def assert_decoder_equals_generate(decoder, model, prompt=(3, 9, 4, 12, 7, 30, 2
     assert all(torch.equal(ours, theirs) for ours, theirs in zip(logits, expected_logits, strict=True))
 
 
-def test_lean_steps_give_generates_logits_exactly_with_grouped_query_attention():
+def test_decode_steps_give_generates_logits_exactly_with_grouped_query_attention():
     model = grouped_query_llama()
-    decoder = Decoder(model)
-    assert decoder.lean
-    assert_decoder_equals_generate(decoder, model)
+    assert_decoder_equals_generate(Decoder(model), model)
 
 
-def test_stacks_the_lean_step_cannot_serve_take_the_general_path():
-    """A rotary table that changes with the sequence length (dynamic scaling past 16 positions) is declined."""
+def test_decode_steps_give_generates_logits_exactly_with_dynamic_rotary_scaling():
+    """A rotary table that changes with the sequence length (dynamic scaling past 16 positions)."""
     model = grouped_query_llama(rope_type="dynamic", factor=4.0)
-    decoder = Decoder(model)
-    assert not decoder.lean
-    assert_decoder_equals_generate(decoder, model, max_new_tokens=24)
+    assert_decoder_equals_generate(Decoder(model), model, max_new_tokens=24)
 
 
-@pytest.mark.parametrize(
-    ("hooked", "lean"),
-    [
-        ("layers.1", False),
-        ("layers.1.self_attn", False),
-        ("layers.1.mlp", True),
-        ("layers.0.input_layernorm", True),
-        ("layers.1.self_attn.k_proj", True),
-        ("layers.0.mlp.up_proj", True),
-    ],
-)
-def test_hooks_run_whichever_path_decodes(hooked, lean):
-    """The lean step replaces the layers' and attention's forward, so a hook there (an offload hook, say) sends
-    decoding through the general path; norms, MLPs and projections with a hook it calls as modules (unfused), so
-    their hooks run on the lean one."""
+@pytest.mark.parametrize("hooked", ["layers.1.self_attn", "layers.0.mlp.up_proj"])
+def test_hooks_on_the_models_modules_run_in_every_step(hooked):
+    """Decode steps call the model's own modules, so their hooks (an offload hook, say) run as in ``generate``."""
     model = grouped_query_llama()
     calls = []
     model.model.get_submodule(hooked).register_forward_pre_hook(lambda module, args: calls.append(module))
-    decoder = Decoder(model)
-    assert decoder.lean is lean
-    assert_decoder_equals_generate(decoder, model)
+    assert_decoder_equals_generate(Decoder(model), model)
     # Two forwards per generated token (generate's and the decoder's), the prompt's included.
     assert len(calls) == 2 * 8
-
-
-def stacking_is_exact(model) -> bool:
-    """Whether this machine's kernels give the stacked q/k/v and gate/up weights' products bit for bit as the separate
-    ones, for ``model``'s shapes and dtype: found here independently of ``LlamaStep``'s probe, which fuses only then."""
-    layer = model.model.layers[0]
-    groups = [
-        [layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight],
-        [layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight],
-    ]
-    linear = torch.nn.functional.linear
-    with torch.no_grad():
-        x = torch.rand(1, model.config.hidden_size, dtype=groups[0][0].dtype)
-        return all(
-            torch.equal(linear(x, torch.cat(group)), torch.cat([linear(x, w) for w in group], -1)) for group in groups
-        )
-
-
-def test_fused_projections_change_the_layout_only():
-    """A model that owns its weights gets one fused weight per layer for q/k/v and for gate/up, where this machine's
-    kernels make the stacked product exact: the modules' weights are views of it with their old values (no second
-    copy). Either way the logits stay generate's, bit for bit."""
-    model = grouped_query_llama()
-    fused = 2 if stacking_is_exact(model) else 0
-    before = {name: weight.clone() for name, weight in model.state_dict().items()}
-    decoder = Decoder(model)
-    step = decoder._llama
-    assert step.fused_layers == fused and sum(weight is not None for weight in step.gate_up) == fused
-    attention = model.model.layers[1].self_attn
-    if fused:
-        assert attention.k_proj.weight.data_ptr() == step.qkv[1].data_ptr() + attention.q_proj.weight.nbytes
-    assert all(torch.equal(weight, before[name]) for name, weight in model.state_dict().items())
-    assert_decoder_equals_generate(decoder, model, max_new_tokens=12)
-    # A second decoder on the same model reads the same fused weights.
-    again = Decoder(model)._llama
-    assert again.fused_layers == fused and all(
-        ours.data_ptr() == theirs.data_ptr()
-        for ours, theirs in zip(again.qkv + again.gate_up, step.qkv + step.gate_up, strict=True)
-    )
-
-
-def test_new_weights_given_after_fusing_are_the_ones_decoded():
-    """A weight replaced by a new tensor, or the whole model cast, after the decoder fused the projections: the next
-    answer fuses again, so it decodes what the modules now hold, as ``generate`` does."""
-    model = grouped_query_llama()
-    fused = stacking_is_exact(model)
-    decoder = Decoder(model)
-    attention = model.model.layers[1].self_attn
-    attention.k_proj.weight = torch.nn.Parameter(attention.k_proj.weight * -2)
-    assert decoder._llama.still_fused() is not fused
-    assert_decoder_equals_generate(decoder, model)
-    # Layer 0 keeps the weight it was fused into; layer 1's query and value views of its old one own no memory.
-    assert decoder._llama.still_fused() and decoder._llama.fused_layers == (1 if fused else 0)
-    model.to(torch.float64)
-    assert_decoder_equals_generate(decoder, model)
-    assert decoder._llama.fused_layers == (2 if stacking_is_exact(model) else 0)
-
-
-def test_weights_mapped_from_a_file_are_not_fused(served):
-    """Fusing a weight that lives in the checkpoint's file mapping would add a copy and free nothing."""
-    model, _, _ = served
-    assert Decoder(model).fused_layers == 0
-
-
-def test_fusion_is_declined_where_the_fused_product_differs(monkeypatch):
-    """Where the stacked weight's product is not bit-identical on this device (a kernel that sums in another
-    order), the projections stay separate and untouched."""
-    model = grouped_query_llama()
-    linear = torch.nn.functional.linear
-
-    def drifting(x, weight, bias=None):
-        """The last bit off wherever the weight is a stacked one (a plain tensor, not a module's parameter)."""
-        out = linear(x, weight, bias)
-        return out if isinstance(weight, torch.nn.Parameter) else out.nextafter(out + 1)
-
-    monkeypatch.setattr(torch.nn.functional, "linear", drifting)
-    query = model.model.layers[0].self_attn.q_proj.weight
-    step = Decoder(model)._llama
-    assert step.fused_layers == 0 and all(weight is None for weight in step.gate_up)
-    assert model.model.layers[0].self_attn.q_proj.weight is query and query.untyped_storage().nbytes() == query.nbytes
 
 
 def generates_choice(history: torch.Tensor, logits: torch.Tensor, temperature, top_p, penalty) -> int:

@@ -138,8 +138,9 @@ def test_offline_without_data_dir_says_to_pass_data_dir(tmp_path, monkeypatch, c
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text("{}")
-    code = main([str(model), "--tasks", "pope", "--cache_dir", str(tmp_path / "cache")])
-    assert code == 2
+    (model / "config.json").write_text('{"model_type": "yuren"}')
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(model), "--tasks", "pope", "--cache_dir", str(tmp_path / "cache")])
+    assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "lmms-lab/POPE" in error and "--data_dir" in error and "pope/" in error

@@ -14,8 +14,9 @@ from yuren_core.chatml import render
 from yuren_core.loading import load_model
 from yuren_eval.__main__ import main
 from yuren_eval.report import SEED_SCORES, SubjectScore, table_row
-from yuren_eval.subjects import CEVAL_CATEGORIES, MMLU_CATEGORIES, subjects
-from yuren_eval.tasks import CEVAL, LETTERS, MMLU, extract_choice, normalise, prompt_builder, task_configs
+from yuren_eval.subjects import CEVAL_CATEGORIES, CEVAL_NAMES, MMLU_CATEGORIES, subjects
+from yuren_eval.tasks import CEVAL, INVALID, LETTERS, MMLU, extract_choice, prompt_builder, question_text
+from yuren_eval.text_data import DataError, normalise
 
 QUESTIONS = [
     ("What is one plus one?", ["1", "2", "3", "4"]),
@@ -106,7 +107,8 @@ def test_loglikelihood_scores_count_the_models_own_choices(tiny, fused_model_dir
             "--subjects", "anatomy", "--output_dir", str(out / "limited"), "--limit", "1", "--device", "cpu",
         ]
     )  # fmt: skip
-    assert json.loads((out / "limited" / "mmlu.json").read_text())["subjects"] == {"anatomy": {"accuracy": 1.0, "n": 1}}
+    limited = json.loads((out / "limited" / "mmlu.json").read_text())
+    assert limited["subjects"] == {"anatomy": {"accuracy": 1.0, "n": 1, "unparsed": 0}}
 
 
 def test_tables_average_as_the_seed_does():
@@ -142,21 +144,28 @@ def test_categories_agree_with_lm_evals_own_task_lists():
     assert set(subjects(CEVAL_CATEGORIES)) == ceval
 
 
-def test_hub_by_default_and_local_files_named_when_missing(tmp_path):
-    (mmlu,) = task_configs("mmlu", "cot", only=["anatomy"])
-    assert (mmlu["dataset_path"], mmlu["dataset_name"], mmlu["test_split"]) == ("cais/mmlu", "anatomy", "test")
-    (ceval,) = task_configs("ceval", "loglikelihood", only=["law"])
-    assert (ceval["dataset_path"], ceval["dataset_name"], ceval["test_split"]) == ("ceval/ceval-exam", "law", "val")
-    with pytest.raises(FileNotFoundError, match=r"test/anatomy_test\.csv not found"):
-        task_configs("mmlu", "cot", data_dir=tmp_path, only=["anatomy"])
+def test_ceval_prompts_name_the_subject_as_ceval_does():
+    import lm_eval
+
+    # C-Eval's own task files open each prompt with the subject's Chinese name; ours names it the same way.
+    tasks = Path(lm_eval.__file__).parent / "tasks" / "ceval"
+    for file in tasks.glob("ceval-valid_*.yaml"):
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+        subject = config["dataset_name"]
+        doc = {"question": "问题", "choices": ["甲", "乙", "丙", "丁"], "gold": 0}
+        theirs = config["description"].strip()
+        assert theirs == f"以下是中国关于{CEVAL_NAMES[subject]}的单项选择题，请选出其中的正确答案。"
+        prompt = prompt_builder(CEVAL, subject, "loglikelihood")(doc)
+        assert prompt == f"{theirs}\n\n问题\nA. 甲\nB. 乙\nC. 丙\nD. 丁\n答案："
 
 
 def test_every_layout_normalises_to_the_same_question():
     hub_mmlu = {"question": "Q ", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 2}
     csv_layout = {"question": "Q", "A": "a", "B": "b", "C": "c", "D": "d", "answer": "C"}
-    assert normalise(hub_mmlu) == normalise(csv_layout) == {"question": "Q", "choices": ["a", "b", "c", "d"], "gold": 2}
-    with pytest.raises(ValueError, match="answer 'E'"):
-        normalise({**csv_layout, "answer": "E"})
+    expected = {"question": "Q", "choices": ["a", "b", "c", "d"], "gold": 2}
+    assert normalise(hub_mmlu, "hub row 0") == normalise(csv_layout, "f.csv, line 1") == expected
+    with pytest.raises(DataError, match="f.csv, line 3: answer 'E'"):
+        normalise({**csv_layout, "answer": "E"}, "f.csv, line 3")
 
 
 @pytest.mark.parametrize(
@@ -189,30 +198,182 @@ def model_cot_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     return tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
 
 
+def letter_or_unparsed(text: str) -> str:
+    """A stand-in answer reader: a letter from the text's length, or none read (``[invalid]``) for an even length."""
+    return INVALID if len(text) % 2 == 0 else letter_by_length(text)
+
+
 def test_chain_of_thought_scores_count_the_models_own_answers(tiny, fused_model_dir, tmp_path, monkeypatch):
     import yuren_eval.tasks
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(yuren_eval.tasks, "extract_choice", letter_by_length)
+    monkeypatch.setattr(yuren_eval.tasks, "extract_choice", letter_or_unparsed)
     model, tokenizer = tiny
     ask = prompt_builder(MMLU, "anatomy", "cot")
-    rows = []
+    rows, expected_samples = [], []
     for number, (question, choices) in enumerate(QUESTIONS):
-        text = model_cot_text(model, tokenizer, ask({"question": question, "choices": choices, "gold": 0}), 24)
-        chosen = LETTERS.index(letter_by_length(text))
-        # The first question is answered right, the others wrong.
-        rows.append([question, *choices, LETTERS[chosen if number < 1 else (chosen + 1) % 4]])
+        prompt = ask({"question": question, "choices": choices, "gold": 0})
+        text = model_cot_text(model, tokenizer, prompt, 24)
+        chosen = letter_or_unparsed(text)
+        # The first question is answered right (if its answer is read), the others wrong.
+        gold = LETTERS[0] if chosen == INVALID else chosen if number < 1 else LETTERS[(LETTERS.index(chosen) + 1) % 4]
+        rows.append([question, *choices, gold])
+        expected_samples.append(
+            {
+                "subject": "anatomy",
+                "doc_id": number,
+                "prompt": prompt,
+                "answer": text,
+                "extracted": chosen,
+                "correct": gold,
+            }
+        )
     file = tmp_path / "mmlu" / "test" / "anatomy_test.csv"
     file.parent.mkdir(parents=True)
     with file.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)
     out = tmp_path / "out"
+    limit = 3
     code = main(
         [
             str(fused_model_dir), "--tasks", "mmlu", "--protocol", "cot", "--max_gen_toks", "24",
             "--data_dir", str(tmp_path), "--subjects", "anatomy", "--output_dir", str(out), "--device", "cpu",
+            "--limit", str(limit), "--log_samples",
         ]
     )  # fmt: skip
     assert code == 0
+    expected_samples = expected_samples[:limit]
+    unparsed = sum(sample["extracted"] == INVALID for sample in expected_samples)
+    right = int(expected_samples[0]["extracted"] != INVALID)
     report = json.loads((out / "mmlu.json").read_text())
-    assert report["subjects"] == {"anatomy": {"accuracy": 1 / len(QUESTIONS), "n": len(QUESTIONS)}}
+    assert report["subjects"] == {"anatomy": {"accuracy": right / limit, "n": limit, "unparsed": unparsed}}
+    samples = [json.loads(line) for line in (out / "mmlu_samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert samples == expected_samples
+    markdown = (out / "mmlu.md").read_text(encoding="utf-8")
+    summary = (
+        f"cot, zero-shot, 1/57 subjects, limit {limit} per subject, {limit} questions, {unparsed} answers unparsed"
+    )
+    assert summary in markdown and report["run"].startswith(summary)
+    assert f"| anatomy | {limit} | {100 * right / limit:.2f} | {unparsed} |" in markdown
+
+
+def test_few_shot_examples_come_from_the_dev_split(tiny, fused_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    model, tokenizer = tiny
+    dev, test = QUESTIONS[:2], QUESTIONS[2:]
+    expected = {}
+    for benchmark, subject in ((MMLU, "anatomy"), (CEVAL, "law")):
+        docs = [{"question": q, "choices": c, "gold": i} for i, (q, c) in enumerate(dev)]
+        # The golden layout: instruction, each dev question answered with its letter after the cue, the question.
+        gap = " " if benchmark is MMLU else ""
+        head = prompt_builder(benchmark, subject, "loglikelihood")(docs[0]).split("\n\n")[0]
+        shots = "".join(f"{question_text(d)}\n{benchmark.answer_cue}{gap}{LETTERS[d['gold']]}\n\n" for d in docs)
+        rows, prompts = [], []
+        for number, (question, choices) in enumerate(test):
+            prompt = (
+                f"{head}\n\n{shots}{question_text({'question': question, 'choices': choices})}\n{benchmark.answer_cue}"
+            )
+            choice = model_choice(model, tokenizer, prompt)
+            rows.append([question, *choices, LETTERS[choice if number == 0 else (choice + 1) % 4]])
+            prompts.append(prompt)
+        expected[benchmark.name] = prompts
+        dev_rows = [[d["question"], *d["choices"], LETTERS[d["gold"]]] for d in docs]
+        folder = tmp_path / benchmark.name
+        if benchmark is CEVAL:  # C-Eval's dev files also explain each answer
+            rows = [["id", "question", "A", "B", "C", "D", "answer"], *[[i, *r] for i, r in enumerate(rows)]]
+            dev_rows = [["id", "question", "A", "B", "C", "D", "answer", "explanation"]] + [
+                [i, *r, "因为"] for i, r in enumerate(dev_rows)
+            ]
+        for path, content in ((benchmark.local_file, rows), (benchmark.local_dev_file, dev_rows)):
+            file = folder / path.format(subject=subject)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            with file.open("w", newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerows(content)
+    out = tmp_path / "out"
+    code = main(
+        [
+            str(fused_model_dir), "--tasks", "mmlu,ceval", "--protocol", "loglikelihood", "--num_fewshot", "2",
+            "--data_dir", str(tmp_path), "--subjects", "anatomy,law", "--output_dir", str(out), "--device", "cpu",
+            "--log_samples",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    for name, prompts in expected.items():
+        samples = [
+            json.loads(line) for line in (out / f"{name}_samples.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
+        assert [sample["prompt"] for sample in samples] == prompts
+        report = json.loads((out / f"{name}.json").read_text())
+        assert report["num_fewshot"] == 2 and next(iter(report["subjects"].values()))["accuracy"] == 0.5
+        assert "loglikelihood, 2-shot, 1/" in (out / f"{name}.md").read_text(encoding="utf-8")
+
+
+@torch.no_grad()
+def plain_choice(model, tokenizer, prompt: str) -> int:
+    """The letter a base model scores highest after ``prompt`` as plain text (lm-eval's base-model layout)."""
+    context = tokenizer(prompt).input_ids
+    scores = []
+    for letter in LETTERS:
+        whole = tokenizer(f"{prompt} {letter}").input_ids
+        answer = whole[len(context) :]
+        logprobs = model(input_ids=torch.tensor([whole])).logits[0, len(context) - 1 : -1].log_softmax(-1)
+        scores.append(sum(logprobs[i, token].item() for i, token in enumerate(answer)))
+    return max(range(len(LETTERS)), key=scores.__getitem__)
+
+
+def test_llama_text_checkpoints_are_evaluated(tiny_dir, prepared_base, tmp_path, monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from yuren_core.vocab import load_tokenizer
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # make-tiny-model's base (no ChatML tokens: plain-text prompts) and the prepared base (ChatML, as stage 1's).
+    for checkpoint, choose, prompt_format in ((tiny_dir / "base", plain_choice, "plain text"),
+                                              (prepared_base, model_choice, "chatml")):  # fmt: skip
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        tokenizer = load_tokenizer(str(checkpoint))
+        ask = prompt_builder(MMLU, "anatomy", "loglikelihood")
+        rows = []
+        for number, (question, choices) in enumerate(QUESTIONS):
+            choice = choose(model, tokenizer, ask({"question": question, "choices": choices, "gold": 0}))
+            rows.append([question, *choices, LETTERS[choice if number == 0 else (choice + 1) % 4]])
+        data = tmp_path / prompt_format / "data"
+        file = data / "mmlu" / "test" / "anatomy_test.csv"
+        file.parent.mkdir(parents=True)
+        with file.open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(rows)
+        out = tmp_path / prompt_format / "out"
+        code = main(
+            [
+                str(checkpoint), "--tasks", "mmlu", "--protocol", "loglikelihood", "--data_dir", str(data),
+                "--subjects", "anatomy", "--output_dir", str(out), "--device", "cpu",
+            ]
+        )  # fmt: skip
+        assert code == 0
+        report = json.loads((out / "mmlu.json").read_text())
+        assert report["prompt_format"] == prompt_format
+        assert report["subjects"]["anatomy"]["accuracy"] == 1 / len(QUESTIONS)
+    # A text checkpoint has no vision tower: image sets are refused before anything loads.
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(prepared_base), "--tasks", "mmlu,pope", "--data_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "is a LLaMA text checkpoint (model_type 'llama'): it has no vision tower for pope" in capsys.readouterr().err
+
+
+def test_plot_shows_zero_scores_counts_and_a_legend_clear_of_the_bars():
+    from yuren_eval.report import subject_figure
+
+    scores = {"law": SubjectScore(0.0, 24), "advanced_mathematics": SubjectScore(0.5, 19)}
+    scores |= {"logic": SubjectScore(1.0, 22), "marxism": SubjectScore(0.25, 19)}
+    figure = subject_figure("ceval", scores)
+    axes = figure.axes[0]
+    labels = [label.get_text() for label in axes.get_yticklabels()]
+    # STEM first, then Social Sciences, then Humanities, as C-Eval lists its categories.
+    assert labels == ["advanced mathematics (19)", "marxism (19)", "law (24)", "logic (22)"]
+    assert [text.get_text() for text in axes.texts] == ["50.0", "25.0", "0.0", "100.0"]
+    # The 0% subject (row 2) has a marker on the axis where its bar has no length.
+    markers = [(line.get_xdata()[0], line.get_ydata()[0]) for line in axes.lines if line.get_marker() == "D"]
+    assert markers == [(0, 2)]
+    figure.canvas.draw()
+    legend, plot_area = axes.get_legend().get_window_extent(), axes.get_window_extent()
+    assert legend.y1 < plot_area.y0

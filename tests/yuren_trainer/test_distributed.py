@@ -46,3 +46,22 @@ def test_cpu_torchrun_without_deepspeed_asks_for_a_cpu_process_group(monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(distributed, "has_accelerator", lambda: True)
     assert not distributed.needs_cpu_process_group(SimpleNamespace(deepspeed=None, use_cpu=False))
+
+
+def test_the_counts_are_reconciled_when_transformers_sets_up_the_devices(monkeypatch, tmp_path):
+    # SFTTrainingArguments overrides TrainingArguments._setup_devices (private): if transformers renames it or stops
+    # caching it, this fails and names the seam, instead of the ranks silently training on all the data.
+    from functools import cached_property
+
+    from transformers import TrainingArguments
+
+    from yuren_trainer.arguments import SFTTrainingArguments
+
+    assert isinstance(TrainingArguments.__dict__.get("_setup_devices"), cached_property), (
+        "transformers' TrainingArguments._setup_devices changed; see yuren_trainer/arguments.py"
+    )
+    seen = []
+    monkeypatch.setattr(distributed, "reconcile_process_counts", seen.append)
+    args = SFTTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    assert args.device.type == "cpu"
+    assert seen == [args.distributed_state]

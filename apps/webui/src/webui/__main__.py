@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 # Light imports only until the exposure check has passed: refusing to start must be immediate.
+from yuren_core.cli import fail
+
 from .auth import (
     ARGV_AUTH_WARNING,
     AUTH_ENV,
@@ -208,8 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             allow_unauthenticated_public=args.allow_unauthenticated_public,
         )
     except (CredentialsError, ExposureRefused) as error:
-        print(f"webui: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail("webui", str(error))
     if args.auth is not None:
         print(f"webui: warning: {ARGV_AUTH_WARNING}", file=sys.stderr)
     if args.auth_file is not None and not auth_file_is_private(args.auth_file):
@@ -225,8 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             model_path = ensure_demo_model(args.demo_cache_dir or default_cache_dir())
         except DemoUnavailable as error:
-            print(f"webui: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+            fail("webui", str(error))
     else:
         model_path = args.model
         problem = model_path_problem(model_path)
@@ -249,8 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except OSError as error:
         # transformers' message names the model and what it looked for (a missing hub repo, a folder without config).
-        print(f"webui: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail("webui", str(error))
     local = Path(model_path)
     # A local directory is named, not located: the page need not reveal the server's file layout.
     name = "demo" if demo else local.name if local.exists() else str(args.model)
@@ -296,13 +295,11 @@ def serve_remote(args: argparse.Namespace, auth: tuple[str, str] | None) -> None
         try:
             api_key = args.api_key_file.read_text(encoding="utf-8").strip()
         except OSError as error:
-            print(f"webui: error: cannot read --api_key_file {args.api_key_file}: {error.strerror}", file=sys.stderr)
-            raise SystemExit(2) from None
+            fail("webui", f"cannot read --api_key_file {args.api_key_file}: {error.strerror}")
     try:
         backend = OpenAIBackend(args.api_base, api_key=api_key, model=args.model, image_position=args.image_position)
     except (ServerError, httpx.HTTPError) as error:
-        print(f"webui: error: cannot reach the server at {args.api_base}: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail("webui", f"cannot reach the server at {args.api_base}: {error}")
     if backend.cannot_count_tokens:
         print(
             f"webui: warning: history goes to {args.api_base} whole, never shortened to fit the model's context: "

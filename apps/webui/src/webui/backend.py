@@ -9,12 +9,12 @@ backend's :meth:`ChatBackend.prepare_image` returned for them.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-import torch
 from PIL import Image
 
 # Slider ranges; GenerationParams enforces them for API callers, who skip the sliders.
@@ -26,7 +26,9 @@ MAX_NEW_TOKENS_RANGE = (1, 2048)
 
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an accelerator or host allocation failure (the request failed, the server is fine)."""
-    if isinstance(error, torch.OutOfMemoryError):
+    # Not imported for this: a backend talking to a server never loads torch, and then raised no torch error.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(error, torch.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
 

@@ -2,8 +2,8 @@
 
 Prompts are rendered only by :func:`yuren_core.chatml.render` in
 generation-prompt mode, so the model sees history exactly as training rendered
-it. Tokens come from :class:`yuren_core.decoding.Decoder` (a lean loop over the
-model and its KV cache, sampling as ``generate`` does), which checks the
+it. Tokens come from :class:`yuren_core.decoding.Decoder` (a loop over the
+model and a transformers KV cache, sampling as ``generate`` does), which checks the
 request's stop event before every step. All tensor work (loading, image
 preprocessing, decoding) runs on one :class:`~webui.compute.ComputeThread`,
 whichever of Gradio's threads asks for it (the module says why); the answer's

@@ -1,5 +1,5 @@
-"""YuRen's shared core: special tokens, ChatML rendering, the fused image-text model, loading."""
+"""YuRen's shared core: special tokens, ChatML rendering, the fused image-text model, loading.
 
-# Registers YuRenConfig / YuRenForCausalLM with transformers' Auto classes, so a saved
-# checkpoint loads with AutoModelForCausalLM.from_pretrained once yuren_core is imported.
-from . import modeling  # noqa: F401
+Importing the package loads nothing heavy: ``yuren_core.modeling`` (imported by
+``yuren_core.loading``) registers the model with transformers' Auto classes.
+"""

@@ -12,10 +12,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
-import torch
+# The dtypes ``--dtype`` may name; "auto" keeps the one the checkpoint was saved in.
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
-# A torch dtype by name, or "auto" for the one the checkpoint was saved in.
-DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+def torch_dtype(name: str):
+    """The torch dtype ``--dtype NAME`` means (``"auto"`` stays ``"auto"``).
+
+    torch is imported here, not with the module: a command that fails on its
+    flags, or talks to a server, should not pay for loading it.
+    """
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "auto":
+        return "auto"
+    import torch
+
+    return getattr(torch, name)
 
 
 def fail(prog: str, message: str) -> NoReturn:

@@ -1,23 +1,19 @@
-"""Decoding one answer token by token: a lean loop over the model and its KV cache.
+"""Decoding one answer token by token: a plain loop over the model and a transformers KV cache.
 
 ``model.generate`` re-derives per step what a single chat answer never changes
-(attention masks, cache positions, input preparation, stopping bookkeeping),
-and streaming from it needs a worker thread and a queue. :class:`Decoder`
-runs the prompt once through the model (images included), then one
-forward of the language model per new token, with the position and cache
-passed in, choosing each token as ``generate`` would (:class:`Sampler`:
-the same tokens for the same seed, so the settings mean what they mean
-there). Tokens come back as a plain
-iterator in the caller's thread; :class:`TextDeltas` turns them into text.
-
-A decode step of a LLaMA stack skips ``LlamaModel.forward``
-(:class:`~yuren_core.llama_step.LlamaStep`: the same logits, bit for bit, in
-fewer calls); other stacks and settings take the general path: ``model.model``
-with the step's position.
+(attention masks, input preparation, stopping bookkeeping), and streaming from
+it needs a worker thread and a queue. :class:`Decoder` runs the prompt once
+through the model's forward (images included), then one forward of its
+decoder stack and output head per new token, on a ``DynamicCache`` as
+``generate`` uses, choosing each token as ``generate`` would
+(:class:`Sampler`: the same tokens for the same seed, so the settings mean
+what they mean there). The logits are ``generate``'s, bit for bit. Tokens come
+back as a plain iterator in the caller's thread; :class:`TextDeltas` turns
+them into text.
 
 ``compile=True`` decodes on a :class:`~transformers.StaticCache` with the
-step function under ``torch.compile`` (fixed shapes: one graph for every
-step); it pays where per-step Python overhead, not arithmetic, limits batch-1
+same step under ``torch.compile`` (fixed shapes: one graph for every step);
+it pays where per-step Python overhead, not memory bandwidth, limits batch-1
 decoding, i.e. on a GPU.
 """
 
@@ -26,47 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from transformers import StaticCache
-from transformers.cache_utils import Cache, DynamicLayer
-
-from .llama_step import LlamaStep
-
-
-class PreallocatedLayer(DynamicLayer):
-    """One layer's KV cache writing into buffers sized for the whole answer.
-
-    ``DynamicLayer`` concatenates the new keys and values onto the old ones,
-    copying the whole cache on every decode step; this one writes the step in
-    place and hands attention a view of the filled part (same values, no copy).
-    """
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.device = key_states.device
-        batch, heads, _, key_dim = key_states.shape
-        self._key_buffer = key_states.new_empty(batch, heads, self.capacity, key_dim)
-        self._value_buffer = value_states.new_empty(batch, value_states.shape[1], self.capacity, value_states.shape[-1])
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise ValueError(f"the KV cache holds {self.capacity} tokens; {end} do not fit")
-        self._key_buffer[:, :, self.length : end] = key_states
-        self._value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys = self._key_buffer[:, :, :end]
-        self.values = self._value_buffer[:, :, :end]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
+from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import Cache
 
 
 class Sampler:
@@ -138,16 +95,14 @@ class Sampler:
 class Decoder:
     """Generate tokens for one sequence at a time from a causal LM (a YuRen model or any LLaMA-like one).
 
-    The model must expose ``model.model`` (the decoder stack, taking
-    ``input_ids``, ``position_ids``, ``cache``) and ``lm_head``, as
-    transformers' ``*ForCausalLM`` classes do. ``compile`` switches to a static
-    cache and a compiled decode step. Static caches come in sizes of whole
-    multiples of ``STATIC_CACHE_STEP`` tokens (at most ``max_cache_len``): attention
-    reads the whole cache every step, so a short chat should not pay for the
-    full context, and each size compiles once. ``lean`` says whether eager
-    decode steps run as a :class:`~yuren_core.llama_step.LlamaStep` (where
-    :meth:`LlamaStep.supported <yuren_core.llama_step.LlamaStep.supported>`
-    holds; building it fuses the layers' projections, see there).
+    The model must have a decoder stack and an output head
+    (``model.get_decoder()``, taking ``input_ids``, ``position_ids``, ``cache``;
+    ``model.get_output_embeddings()``), as transformers' ``*ForCausalLM``
+    classes do. ``compile`` switches to a static cache and a compiled decode
+    step. Static caches come in sizes of whole multiples of
+    ``STATIC_CACHE_STEP`` tokens (at most ``max_cache_len``): attention reads
+    the whole cache every step, so a short chat should not pay for the full
+    context, and each size compiles once.
     """
 
     STATIC_CACHE_STEP = 512
@@ -161,19 +116,11 @@ class Decoder:
         # On a GPU, CUDA graphs replay the whole step without launching its kernels one by one from Python.
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self._step = torch.compile(self._decode_step, dynamic=False, mode=mode) if compile else self._decode_step
-        self._llama = LlamaStep(model) if not compile and LlamaStep.supported(model) else None
-        self.lean = self._llama is not None
-
-    @property
-    def fused_layers(self) -> int:
-        """How many layers decode with fused projections (see :class:`~yuren_core.llama_step.LlamaStep`); 0 if not lean."""
-        return self._llama.fused_layers if self.lean else 0
 
     @torch.inference_mode()
     def _new_cache(self, capacity: int) -> Cache:
         if not self.compiled:
-            layers = self.model.config.get_text_config(decoder=True).num_hidden_layers
-            return Cache(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
+            return DynamicCache(config=self.model.config)
         # Reused across answers, so the compiled step keeps its shapes (and its graph) for each size.
         step = self.STATIC_CACHE_STEP
         size = min(self.max_cache_len, -(-capacity // step) * step)
@@ -184,27 +131,26 @@ class Decoder:
             cache.reset()
         return cache
 
-    def _decode_step(self, token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+    def _decode_step(self, token: torch.Tensor, position: torch.Tensor, cache: Cache) -> torch.Tensor:
         """Logits ``[1, vocab]`` for one new ``token`` ``[1, 1]`` at ``position`` ``[1, 1]``, extending ``cache``.
 
-        Calls the decoder stack directly: the image handling of the full forward
-        only matters while the cache is empty, which a decode step never is.
+        The model's forward without its image handling, which applies only
+        while the cache is empty (never in a decode step) and whose check
+        reads the cache's length back from the device.
         """
-        hidden = self.model.model(input_ids=token, position_ids=position, cache=cache, use_cache=True)
-        return self.model.lm_head(hidden.last_hidden_state[:, -1, :])
+        hidden = self.model.get_decoder()(input_ids=token, position_ids=position, cache=cache, use_cache=True)
+        return self.model.get_output_embeddings()(hidden.last_hidden_state[:, -1, :])
 
     @torch.inference_mode()
-    def _prefill(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, cache) -> torch.Tensor:
+    def _prefill(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, cache: Cache) -> torch.Tensor:
         kwargs = {"pixel_values": pixel_values} if pixel_values is not None else {}
         # Only the last position's logits are needed: a prompt of n tokens would otherwise cost n x vocab.
         out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
         return out.logits[:, -1, :]
 
     @torch.inference_mode()
-    def _next(self, token: int, position: int, cache, rotary=None) -> torch.Tensor:
+    def _next(self, token: int, position: int, cache: Cache) -> torch.Tensor:
         device = self.device
-        if rotary is not None:
-            return self._llama(torch.tensor([[token]], device=device), position, cache, rotary).float()
         return self._step(
             torch.tensor([[token]], device=device), torch.tensor([[position]], device=device), cache
         ).float()
@@ -234,13 +180,10 @@ class Decoder:
                 f"{len(input_ids)} prompt + {max_new_tokens} new tokens exceed the static cache of "
                 f"{self.max_cache_len} tokens"
             )
-        if self.lean and not self._llama.still_fused():
-            # The model was cast or given new weights since: fuse what it reads now.
-            self._llama = LlamaStep(self.model)
         prompt = torch.tensor([list(input_ids)], device=self.device)
         sample = Sampler(
             prompt[0],
-            self.model.lm_head.out_features,
+            self.model.get_output_embeddings().out_features,
             temperature=temperature,
             top_p=top_p,
             repetition_penalty=repetition_penalty,
@@ -251,7 +194,6 @@ class Decoder:
         cache = self._new_cache(length + max_new_tokens)
         if should_stop():
             return
-        rotary = self._llama.rotary(length + max_new_tokens) if self.lean else None
         logits = self._prefill(prompt, pixel_values, cache).float()
         for step in range(max_new_tokens):
             token = sample(logits)
@@ -262,7 +204,7 @@ class Decoder:
             yield token
             if step == max_new_tokens - 1 or should_stop():
                 return
-            logits = self._next(token, length - 1, cache, rotary)
+            logits = self._next(token, length - 1, cache)
 
 
 class TextDeltas:

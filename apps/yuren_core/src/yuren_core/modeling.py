@@ -7,7 +7,7 @@ hidden size, and :func:`merge_image_features` writes them over the patch-token
 embeddings. Later generation steps reuse the KV cache, which already holds them.
 
 Importing this module registers the classes with ``AutoConfig`` and
-``AutoModelForCausalLM`` (``import yuren_core`` does it), so a saved checkpoint
+``AutoModelForCausalLM`` (:mod:`yuren_core.loading` imports it), so a saved checkpoint
 loads with ``AutoModelForCausalLM.from_pretrained(dir)``: no hub, no remote code.
 """
 

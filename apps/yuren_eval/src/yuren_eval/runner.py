@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from yuren_core.atomic import atomic_write_text
@@ -12,9 +13,18 @@ from yuren_core.vision import ImageProcessor
 from .image_sets import evaluate_image_set
 from .report import SubjectScore, write_text_report
 from .subjects import subjects
-from .tasks import BENCHMARKS, task_configs, task_name
+from .tasks import BENCHMARKS, INVALID, LETTERS, task_configs, task_name
+from .text_data import load_questions
 
 METRICS = {"loglikelihood": "acc,none", "cot": "exact_match,choice"}
+
+
+@dataclass(frozen=True)
+class TextPlan:
+    """One text benchmark's subjects, their questions loaded and checked, ready for lm-eval."""
+
+    benchmark: str
+    questions: dict  # subject -> DatasetDict
 
 
 def subject_filter(requested: str | None, benchmark: str) -> list[str] | None:
@@ -29,8 +39,24 @@ def subject_filter(requested: str | None, benchmark: str) -> list[str] | None:
     return [s for s in names if s in subjects(BENCHMARKS[benchmark].categories)]
 
 
-def run_text_benchmarks(args: argparse.Namespace, benchmarks: list[str]):
-    """Run MMLU / C-Eval through lm-eval; write each one's report. Returns ``(lm, reports)``."""
+def plan_text_benchmarks(args: argparse.Namespace, benchmarks: list[str]) -> list[TextPlan]:
+    """Every requested subject's questions, read and checked (a missing or broken file stops here, before the model)."""
+    plans = []
+    for benchmark in benchmarks:
+        only = subject_filter(args.subjects, benchmark)
+        if only == []:
+            continue
+        chosen = only or subjects(BENCHMARKS[benchmark].categories)
+        data_dir = args.data_dir / benchmark if args.data_dir else None
+        questions = load_questions(BENCHMARKS[benchmark], chosen, data_dir, args.num_fewshot)
+        plans.append(TextPlan(benchmark, questions))
+    if not plans:
+        raise ValueError(f"--subjects {args.subjects} selects no subject of {', '.join(benchmarks)}")
+    return plans
+
+
+def run_text_benchmarks(args: argparse.Namespace, plans: list[TextPlan]):
+    """Run the planned MMLU / C-Eval subjects through lm-eval; write each one's report. Returns ``(lm, reports)``."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -44,34 +70,62 @@ def run_text_benchmarks(args: argparse.Namespace, benchmarks: list[str]):
         load_8bit=args.load_8bit,
         load_4bit=args.load_4bit,
     )
-    plan: dict[str, list[str]] = {}
     configs = []
-    for benchmark in benchmarks:
-        only = subject_filter(args.subjects, benchmark)
-        if only == []:
-            continue
-        data_dir = args.data_dir / benchmark if args.data_dir else None
-        chosen = task_configs(benchmark, args.protocol, data_dir=data_dir, only=only, max_gen_toks=args.max_gen_toks)
-        plan[benchmark] = [config["task"] for config in chosen]
-        configs += chosen
-    if not configs:
-        raise ValueError(f"--subjects {args.subjects} selects no subject of {', '.join(benchmarks)}")
+    for plan in plans:
+        configs += task_configs(
+            plan.benchmark, args.protocol, plan.questions, max_gen_toks=args.max_gen_toks, num_fewshot=args.num_fewshot
+        )
     # The tasks are inline configs: lm-eval's index of its thousands of bundled task files is not needed.
     tasks = TaskManager(include_defaults=False)
-    output = lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=tasks, limit=args.limit, log_samples=False)
+    # The samples are always kept: unparsed answers are counted from them.
+    output = lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=tasks, limit=args.limit, log_samples=True)
     reports = []
-    for benchmark, names in plan.items():
-        scores = {}
-        for subject in subjects(BENCHMARKS[benchmark].categories):
-            name = task_name(benchmark, subject)
-            if name in names:
-                accuracy = output["results"][name][METRICS[args.protocol]]
-                scores[subject] = SubjectScore(float(accuracy), int(output["n-samples"][name]["effective"]))
-        settings = {"protocol": args.protocol, "limit": args.limit, "system_prompt": args.system_prompt}
+    for plan in plans:
+        scores, logged = {}, []
+        for subject in subjects(BENCHMARKS[plan.benchmark].categories):
+            if subject not in plan.questions:
+                continue
+            name = task_name(plan.benchmark, subject)
+            samples = [sample_record(subject, sample, args.protocol) for sample in output["samples"][name]]
+            unparsed = sum(sample["extracted"] == INVALID for sample in samples)
+            accuracy = output["results"][name][METRICS[args.protocol]]
+            scores[subject] = SubjectScore(float(accuracy), int(output["n-samples"][name]["effective"]), unparsed)
+            logged += samples
+        settings = {
+            "protocol": args.protocol,
+            "num_fewshot": args.num_fewshot,
+            "limit": args.limit,
+            "system_prompt": args.system_prompt,
+            "prompt_format": "chatml" if lm.chatml else "plain text",
+        }
         reports.append(
-            write_text_report(args.output_dir, benchmark, scores, model_name=Path(args.model).name, settings=settings)
+            write_text_report(
+                args.output_dir, plan.benchmark, scores, model_name=Path(args.model).name, settings=settings
+            )
         )
+        if args.log_samples:
+            lines = "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in logged)
+            atomic_write_text(args.output_dir / f"{plan.benchmark}_samples.jsonl", lines)
     return lm, reports
+
+
+def sample_record(subject: str, sample: dict, protocol: str) -> dict:
+    """One of lm-eval's logged samples as the question asked, the answer given and the choice read from it."""
+    correct = LETTERS[sample["doc"]["gold"]]
+    if protocol == "loglikelihood":
+        # One (log-likelihood, is-greedy) pair per letter: the answer is the likeliest letter.
+        likelihoods = [float(pair[0]) for pair in sample["filtered_resps"]]
+        answer = extracted = LETTERS[max(range(len(LETTERS)), key=likelihoods.__getitem__)]
+    else:
+        answer, extracted = sample["resps"][0][0], sample["filtered_resps"][0]
+    return {
+        "subject": subject,
+        "doc_id": sample["doc_id"],
+        "prompt": sample["arguments"][0][0],
+        "answer": answer,
+        "extracted": extracted,
+        "correct": correct,
+    }
 
 
 def run_image_set(args: argparse.Namespace, benchmark: str, folder: Path, loaded):

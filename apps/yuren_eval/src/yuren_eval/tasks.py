@@ -2,30 +2,32 @@
 
 Two protocols (``--protocol``):
 
-* ``loglikelihood``: zero-shot multiple choice; the model's choice is the
+* ``loglikelihood``: multiple choice; the model's choice is the
   letter it gives the highest log-likelihood as its answer (lm-eval's ``acc``).
-* ``cot``: zero-shot chain of thought, the seed's protocol: the model reasons,
+* ``cot``: chain of thought, the seed's protocol (zero-shot): the model reasons,
   then states its answer; :class:`ChoiceExtractor` reads the letter out of
   the generated text and lm-eval's ``exact_match`` scores it.
 
-Data comes from the hub (``cais/mmlu``, ``ceval/ceval-exam``) or, with a
-data directory, from each benchmark's own CSV release: MMLU's ``data.tar``
-(``test/{subject}_test.csv``, no header) and C-Eval's ``ceval-exam.zip``
-(``val/{subject}_val.csv``, with header). C-Eval's test answers are not
-public, so C-Eval is scored on its validation split.
+With ``num_fewshot`` the first questions of the subject's dev split (the
+answered examples the benchmarks ship for this, lm-eval's convention) come
+before the question, each answered with its letter after the answer cue.
+
+The questions themselves are read and checked by :mod:`yuren_eval.text_data`
+(hub or the benchmarks' own CSV releases); the configs here take them as
+loaded. C-Eval's test answers are not public, so C-Eval is scored on its
+validation split.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from lm_eval.api.filter import Filter
 from lm_eval.api.registry import register_filter
 
-from .subjects import CEVAL_CATEGORIES, MMLU_CATEGORIES, subjects
+from .subjects import CEVAL_CATEGORIES, CEVAL_NAMES, MMLU_CATEGORIES, subjects
 
 LETTERS = ("A", "B", "C", "D")
 PROTOCOLS = ("loglikelihood", "cot")
@@ -40,12 +42,17 @@ class Benchmark:
     categories: dict[str, tuple[str, ...]]
     hub_path: str
     split: str
-    # Local release: file of a subject relative to the data directory, and its columns when it has no header.
+    # Local release: files of a subject relative to the data directory, and their columns when they have no header.
     local_file: str
+    local_dev_file: str
     local_columns: tuple[str, ...] | None
+    # The instruction naming the subject: {topic} is its entry in ``topics``, or its name with spaces.
     instruction: str
+    topics: Mapping[str, str] | None
     answer_cue: str
     cot_instruction: str
+    # Between a few-shot example's answer cue and its letter.
+    target_delimiter: str
 
 
 MMLU = Benchmark(
@@ -54,13 +61,16 @@ MMLU = Benchmark(
     hub_path="cais/mmlu",
     split="test",
     local_file="test/{subject}_test.csv",
+    local_dev_file="dev/{subject}_dev.csv",
     local_columns=("question", "A", "B", "C", "D", "answer"),
     instruction="The following is a multiple choice question about {topic}.",
+    topics=None,
     answer_cue="Answer:",
     cot_instruction=(
         "Think it through step by step, then give your final answer on the last line as "
         '"Answer: X", where X is one of A, B, C, D.'
     ),
+    target_delimiter=" ",
 )
 CEVAL = Benchmark(
     name="ceval",
@@ -68,10 +78,14 @@ CEVAL = Benchmark(
     hub_path="ceval/ceval-exam",
     split="val",
     local_file="val/{subject}_val.csv",
+    local_dev_file="dev/{subject}_dev.csv",
     local_columns=None,
-    instruction="以下是关于{topic}的单项选择题，请选出其中的正确答案。",
+    # C-Eval's own prompt, with the subject's Chinese name.
+    instruction="以下是中国关于{topic}的单项选择题，请选出其中的正确答案。",
+    topics=CEVAL_NAMES,
     answer_cue="答案：",
     cot_instruction="请一步一步地分析，最后一行以“答案：X”的格式给出你的答案，X 为 A、B、C、D 之一。",
+    target_delimiter="",
 )
 BENCHMARKS = {benchmark.name: benchmark for benchmark in (MMLU, CEVAL)}
 
@@ -81,79 +95,70 @@ def task_name(benchmark: str, subject: str) -> str:
     return f"yuren_{benchmark}_{subject}"
 
 
-def normalise(doc: dict) -> dict:
-    """One question in any of the supported layouts -> ``question``, ``choices`` (4), ``gold`` (index).
-
-    ``cais/mmlu`` stores ``choices`` and an integer ``answer``; MMLU's CSVs and
-    C-Eval (hub and CSV) store columns ``A``-``D`` and the answer's letter.
-    """
-    if "choices" in doc:
-        choices, gold = list(doc["choices"]), int(doc["answer"])
-    else:
-        choices = [doc[letter] for letter in LETTERS]
-        answer = str(doc["answer"]).strip()
-        if answer not in LETTERS:
-            raise ValueError(f"question {doc.get('id', doc['question'][:40])!r}: answer {answer!r} is not one of A-D")
-        gold = LETTERS.index(answer)
-    return {"question": str(doc["question"]).strip(), "choices": [str(c).strip() for c in choices], "gold": gold}
-
-
 def question_text(doc: dict) -> str:
     """The question and its lettered choices."""
     lines = [doc["question"], *(f"{letter}. {choice}" for letter, choice in zip(LETTERS, doc["choices"], strict=True))]
     return "\n".join(lines)
 
 
-def prompt_builder(benchmark: Benchmark, subject: str, protocol: str) -> Callable[[dict], str]:
-    """``doc -> prompt``: the user turn the model is asked (rendered as ChatML by the model)."""
-    head = benchmark.instruction.format(topic=subject.replace("_", " "))
+def instruction(benchmark: Benchmark, subject: str) -> str:
+    """The sentence opening every prompt of ``subject``, naming it as the benchmark's own prompts do."""
+    topic = benchmark.topics[subject] if benchmark.topics else subject.replace("_", " ")
+    return benchmark.instruction.format(topic=topic)
+
+
+def question_prompt(benchmark: Benchmark, protocol: str) -> Callable[[dict], str]:
+    """``doc -> text``: the question, its choices and what the protocol asks for (the answer cue or the CoT request)."""
     tail = benchmark.answer_cue if protocol == "loglikelihood" else benchmark.cot_instruction
-    return lambda doc: f"{head}\n\n{question_text(doc)}\n{tail}"
+    return lambda doc: f"{question_text(doc)}\n{tail}"
 
 
-def data_source(benchmark: Benchmark, subject: str, data_dir: Path | None) -> dict:
-    """The lm-eval dataset fields of one subject: the hub config, or the local release's CSV file."""
-    if data_dir is None:
-        return {"dataset_path": benchmark.hub_path, "dataset_name": subject}
-    path = Path(data_dir) / benchmark.local_file.format(subject=subject)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {data_dir} must hold {benchmark.name}'s own release, one file per subject "
-            f"({benchmark.local_file.format(subject='SUBJECT')}), or leave out --data_dir to read it from the hub"
-        )
-    kwargs: dict = {"data_files": {benchmark.split: str(path)}}
-    if benchmark.local_columns:
-        kwargs["column_names"] = list(benchmark.local_columns)
-    return {"dataset_path": "csv", "dataset_kwargs": kwargs}
+def prompt_builder(benchmark: Benchmark, subject: str, protocol: str) -> Callable[[dict], str]:
+    """``doc -> prompt``: the zero-shot user turn the model is asked (rendered as ChatML by the model)."""
+    head, ask = instruction(benchmark, subject), question_prompt(benchmark, protocol)
+    return lambda doc: f"{head}\n\n{ask(doc)}"
 
 
 def task_configs(
     benchmark_name: str,
     protocol: str,
+    questions: Mapping,
     *,
-    data_dir: Path | None = None,
-    only: list[str] | None = None,
     max_gen_toks: int = 512,
+    num_fewshot: int = 0,
 ) -> list[dict]:
-    """lm-eval task configs for every subject of ``benchmark_name`` (or the subjects in ``only``)."""
+    """lm-eval task configs, one per subject of ``questions`` (subject -> its loaded ``DatasetDict``).
+
+    The prompt is the instruction, then (with ``num_fewshot``) that many dev
+    questions each answered with its letter, then the question.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     benchmark = BENCHMARKS[benchmark_name]
-    chosen = subjects(benchmark.categories)
-    if only:
-        unknown = sorted(set(only) - set(chosen))
-        if unknown:
-            raise ValueError(f"{benchmark_name} has no subjects {unknown}; its subjects: {', '.join(chosen)}")
-        chosen = [subject for subject in chosen if subject in only]
     configs = []
-    for subject in chosen:
+    for subject in subjects(benchmark.categories):
+        if subject not in questions:
+            continue
         config = {
             "task": task_name(benchmark.name, subject),
-            **data_source(benchmark, subject, data_dir),
+            # Bound now: the loop variable would be read when lm-eval calls it.
+            "custom_dataset": lambda data=questions[subject], **_: data,
             "test_split": benchmark.split,
-            "process_docs": lambda dataset: dataset.map(normalise),
-            "doc_to_text": prompt_builder(benchmark, subject, protocol),
+            "description": f"{instruction(benchmark, subject)}\n\n",
+            "doc_to_text": question_prompt(benchmark, protocol),
+            "num_fewshot": num_fewshot,
         }
+        if num_fewshot:
+            config |= {
+                "fewshot_split": "dev",
+                "fewshot_delimiter": "\n\n",
+                "fewshot_config": {
+                    "sampler": "first_n",
+                    "doc_to_text": question_prompt(benchmark, "loglikelihood"),
+                    "doc_to_target": lambda doc: LETTERS[doc["gold"]],
+                    "target_delimiter": benchmark.target_delimiter,
+                },
+            }
         if protocol == "loglikelihood":
             config |= {
                 "output_type": "multiple_choice",

@@ -199,6 +199,9 @@ class SFTTrainingArguments(TrainingArguments):
                 )
             self.train_sampling_strategy = "group_by_length"
 
+    # The one private seam of transformers the trainer uses: the counts must be right inside the device set-up,
+    # since TrainingArguments.__post_init__ already sizes DeepSpeed's batch from them (a public hook after parsing
+    # comes too late). tests/yuren_trainer/test_distributed.py fails loudly if transformers changes the seam.
     @cached_property
     def _setup_devices(self):
         device = TrainingArguments._setup_devices.func(self)

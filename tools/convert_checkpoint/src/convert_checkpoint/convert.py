@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from yuren_core.atomic import atomic_directory
-from yuren_core.cli import DTYPES
+from yuren_core.cli import torch_dtype
 
 
 class ConvertError(RuntimeError):
@@ -30,7 +30,7 @@ def convert(source: str, output: str | Path, *, dtype: str = "auto", overwrite: 
         raise ConvertError(f"--output {target} exists and is not empty; pass --overwrite to replace it")
     print(f"[1/2] loading {source}", flush=True)
     try:
-        model, tokenizer, _ = load_model(source, dtype=DTYPES[dtype])
+        model, tokenizer, _ = load_model(source, dtype=torch_dtype(dtype))
     except (OSError, ValueError) as error:
         raise ConvertError(f"{source}: {error}") from error
     with atomic_directory(target) as staging:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from yuren_core.atomic import atomic_directory
-from yuren_core.cli import DTYPES
+from yuren_core.cli import torch_dtype
 
 
 class MergeError(RuntimeError):
@@ -65,7 +65,7 @@ def merge(
 
     print(f"[1/4] loading the base model from {base_model_path}", flush=True)
     # Also reads upstream's released model, the base of an adapter trained from it.
-    base = load_causal_lm(base_model_path, load_tokenizer(base_model_path), dtype=DTYPES[dtype])
+    base = load_causal_lm(base_model_path, load_tokenizer(base_model_path), dtype=torch_dtype(dtype))
     tokenizer = load_tokenizer(_tokenizer_source(lora_path, base_model_path))
     rows = base.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 
 from yuren_core.cli import exit_on
-from yuren_core.quantized import BITS, save_quantized
+from yuren_core.quantized import BITS
+
+from .writing import save_quantized
 
 
 def build_parser() -> argparse.ArgumentParser:
