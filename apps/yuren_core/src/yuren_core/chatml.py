@@ -334,9 +334,10 @@ def image_block(ids: SpecialIds, image_seq_len: int) -> list[int]:
 def chat_template(tokenizer, image_seq_len: int | None = None) -> str:
     """A Jinja chat template that renders what :func:`render` renders with ``add_generation_prompt=True``.
 
-    Saved with the tokenizer (``tokenizer.chat_template``), it lets vLLM's
-    OpenAI server, ``apply_chat_template`` and evaluation harnesses format
-    prompts the trained way: the same pieces, the same whitespace stripped
+    Saved with the tokenizer (``tokenizer.chat_template``), it lets
+    ``apply_chat_template`` and evaluation harnesses format prompts the
+    trained way (vLLM's server renders through :func:`render` itself, see
+    ``yuren_vllm.renderer``): the same pieces, the same whitespace stripped
     around special tokens, each image (a ``{"type": "image"}`` content part)
     as ``<|img_start|>`` + ``image_seq_len`` x ``<|img_patch|>`` + ``<|img_end|>``.
     Without ``image_seq_len`` (a text-only model) an image is an error. A user
