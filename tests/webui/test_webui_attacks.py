@@ -77,7 +77,7 @@ def test_request_bodies_are_bounded_before_parsing(fake_backend):
         # A 100 MB body is refused from its header: the server answers before a byte of it is sent.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             raw.sendall(
-                b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 104857600\r\n\r\n{"
             )
             reply = b""
