@@ -52,26 +52,29 @@ class HostPolicy:
     """The host names requests may name, and whether a request's ``Origin`` may change anything.
 
     ``named``: the names the operator gave (``--allowed_host``, a non-wildcard
-    ``--server_name``); a page on one of those may post too (a reverse proxy may
-    rewrite ``Host`` but not ``Origin``). ``share``: also answer under Gradio's
+    ``--server_name``). ``proxied``: those from ``--allowed_host``, where a page
+    may post from too (a reverse proxy may rewrite ``Host`` but not ``Origin``);
+    otherwise a page must be the UI itself, port included. ``share``: also answer under Gradio's
     share domain. ``any_host``: answer to every name (a server bound to all
     interfaces with no ``--allowed_host``: it cannot know the names it is reached
     by, and off loopback a password is required anyway).
     """
 
     named: frozenset[str]
+    proxied: frozenset[str] = frozenset()
     share: bool = False
     any_host: bool = False
 
     @classmethod
     def build(cls, server_name: str, allowed_hosts: Iterable[str] = (), share: bool = False) -> HostPolicy:
         """The policy for a server bound to ``server_name`` and also known as ``allowed_hosts``."""
-        names = {name for name in (host_name(host) for host in allowed_hosts) if name}
+        given = frozenset(name for name in (host_name(host) for host in allowed_hosts) if name)
+        names = set(given)
         bound = host_name(server_name)
         wildcard = server_name.strip("[]") in WILDCARD_ADDRESSES
         if not wildcard and bound:
             names.add(bound)
-        return cls(named=frozenset(names), share=share, any_host=wildcard and not names)
+        return cls(named=frozenset(names), proxied=given, share=share, any_host=wildcard and not names)
 
     def host_allowed(self, host: str | None) -> bool:
         """Whether a request with this ``Host`` header is meant for this server."""
@@ -88,7 +91,7 @@ class HostPolicy:
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Whether a request from a page at ``origin`` (``None``: not from a page) may change state here.
 
-        The page must be the UI itself (same host and port as the request) or on a name the operator gave.
+        The page must be the UI itself (same host and port as the request) or on a name given with ``--allowed_host``.
         """
         if origin is None:
             return True
@@ -100,4 +103,4 @@ class HostPolicy:
         if parts.scheme not in ("http", "https"):
             return False  # "null" (a sandboxed or file page) and anything else
         name = host_name(origin)
-        return netloc_matches or name in self.named or (self.share and bool(name) and name.endswith(SHARE_DOMAIN))
+        return netloc_matches or name in self.proxied or (self.share and bool(name) and name.endswith(SHARE_DOMAIN))
