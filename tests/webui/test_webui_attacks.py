@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
+from gradio.data_classes import PredictBody
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -42,12 +46,33 @@ def fn_index(url: str, api_name: str) -> int:
     return next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
 
 
-def join(url: str, fn: int, data: list, session_hash: str) -> httpx.Response:
+def join(url: str, fn, data: list, session_hash: str, headers: dict | None = None) -> httpx.Response:
     """Queue a call the way the browser does; the body is JSON with non-ASCII escaped (as lone surrogates are)."""
     body = json.dumps({"data": data, "fn_index": fn, "session_hash": session_hash, "trigger_id": None})
-    return httpx.post(
-        f"{url}gradio_api/queue/join", content=body.encode("ascii"), headers={"content-type": "application/json"}
-    )
+    headers = {"content-type": "application/json", **(headers or {})}
+    return httpx.post(f"{url}gradio_api/queue/join", content=body.encode("ascii"), headers=headers)
+
+
+def port_of(url: str) -> int:
+    return int(url.rstrip("/").rsplit(":", 1)[1])
+
+
+def reply_to_head(port: int, head: bytes, timeout: float = 5.0) -> bytes:
+    """Send only a request's head (its body declared, never sent): what the server answers within ``timeout``."""
+    reply = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        raw.sendall(head)
+        with contextlib.suppress(TimeoutError):
+            while b"}" not in reply:  # the JSON body may come in a packet of its own
+                chunk = raw.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+    return reply
+
+
+def message_data(text: str, files: list | None = None, system: str = "sys") -> list:
+    return [{"text": text, "files": files or []}, None, system, 0.9, 0, 8, 1.1]
 
 
 def outcome(url: str, session_hash: str) -> dict:
@@ -73,11 +98,11 @@ def test_request_bodies_are_bounded_before_parsing(fake_backend):
     bounds = BodyLimits.from_limits(limits)
     app = build_app(fake_backend(), lang="en", limits=limits)
     with served(app, limits=limits) as url:
-        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        port = port_of(url)
         # A 100 MB body is refused from its header: the server answers before a byte of it is sent.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             raw.sendall(
-                b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 104857600\r\n\r\n{"
             )
             reply = b""
@@ -382,3 +407,187 @@ def test_a_page_still_opening_does_not_hold_up_its_first_message(fake_backend):
             assert user_texts(outcome(url, page)["output"]["data"][0]) == ["typed at once"]
         finally:
             held.set()
+
+
+def test_only_gradios_upload_route_takes_an_upload_sized_body(fake_backend):
+    """Upload-sized bodies go to Gradio's upload route alone, and with a login required, to logged-in clients only.
+
+    Every refusal comes from the request's head: the body is never read.
+    """
+    limits = Limits()
+    bounds = BodyLimits.from_limits(limits)
+    app = build_app(fake_backend(), lang="en", limits=limits)
+    with served(app, limits=limits, auth=("alice", PASSWORD)) as url:
+        port = port_of(url)
+
+        def head(path: str, cookie: str = "") -> bytes:
+            return (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {bounds.upload_bytes}\r\n{cookie}\r\n"
+            ).encode()
+
+        paths = ["/gradio_api/call/upload", "/gradio_api/run/upload", "/gradio_api/call/v2/upload", "/upload",
+                 "/gradio_api/upload/", "/gradio_api/queue/join", "/gradio_api/anything/upload"]  # fmt: skip
+        for path in [*paths, "/gradio_api/upload"]:
+            assert reply_to_head(port, head(path)).startswith(b"HTTP/1.1 401"), path
+        logged_in = httpx.post(f"{url}login", data={"username": "alice", "password": PASSWORD})
+        assert logged_in.status_code == 200
+        cookie = "Cookie: " + "; ".join(f"{name}={value}" for name, value in logged_in.cookies.items()) + "\r\n"
+        for path in paths:
+            reply = reply_to_head(port, head(path, cookie))
+            assert reply.startswith(b"HTTP/1.1 413") and b"The request is too large" in reply, path
+        uploaded = httpx.post(
+            f"{url}gradio_api/upload", files={"files": ("a.png", b"\x89PNG", "image/png")}, cookies=logged_in.cookies
+        )
+        assert uploaded.status_code == 200 and len(uploaded.json()) == 1
+
+
+def test_every_spelling_of_an_fn_index_is_capped(fake_backend):
+    with gated_server(fake_backend, Limits(queue_size=8, max_waiting_per_address=2)) as (backend, _, url):
+        chat = fn_index(url, "chat")
+        spellings = [str(chat), float(chat), f" {chat} ", f"+{chat}", f"0{chat}", f"{chat}.0"]
+        spellings += [bool(chat)] if chat in (0, 1) else []
+        # Gradio runs the chat for each of them.
+        assert {PredictBody.model_validate({"data": [], "fn_index": s}).fn_index for s in spellings} == {chat}
+        alice, bob, carol = (uuid.uuid4().hex for _ in range(3))
+        assert join(url, chat, message_data("running"), alice).status_code == 200
+        wait_for(lambda: len(backend.calls) == 1)
+        assert join(url, chat, message_data("waiting"), alice).status_code == 200
+        for spelling in spellings:
+            refused = join(url, spelling, message_data("more"), alice)
+            assert refused.status_code == 429, spelling
+            assert refused.json()["detail"] == EN.session_queue_full.format(limit=1)
+        assert join(url, chat, message_data("bob waits"), bob).status_code == 200
+        for spelling in spellings:
+            refused = join(url, spelling, message_data("more"), carol)
+            assert refused.status_code == 429, spelling
+            assert refused.json()["detail"] == EN.address_queue_full.format(limit=2)
+
+
+@pytest.mark.parametrize("proxy", [None, "127.0.0.1"])
+def test_forwarded_addresses_count_only_from_a_named_proxy(fake_backend, proxy):
+    app = build_app(fake_backend(), lang="en")
+    with served(app, auth=("alice", PASSWORD), trusted_proxies=[proxy] if proxy else []) as url:
+        statuses = []
+        for i in range(5):
+            forwarded = {"X-Forwarded-For": f"203.0.113.{i}"}
+            response = httpx.post(f"{url}login", data={"username": "alice", "password": f"guess{i}"}, headers=forwarded)
+            statuses.append(response.status_code)
+    if proxy is None:
+        # One client, whatever it claims: three free failures, a fourth, then a wait.
+        assert statuses == [400, 400, 400, 400, 429]
+    else:
+        assert statuses == [400] * 5  # five clients behind the proxy, each with its own record
+
+
+def test_upload_volume_is_bounded_per_client_and_in_total(fake_backend):
+    limits = Limits(max_images_per_message=1, max_file_size="1mb", upload_rate="3mb", upload_storage="2mb")
+    app = build_app(fake_backend(), lang="en", limits=limits)
+    with served(app, limits=limits) as url:
+
+        def upload(i: int) -> httpx.Response:
+            return httpx.post(
+                f"{url}gradio_api/upload", files={"files": (f"f{i}.png", os.urandom(900_000), "image/png")}
+            )
+
+        stored = []
+        for i in range(3):
+            response = upload(i)
+            assert response.status_code == 200
+            stored += response.json()
+        # Two uploads of 0.9 MB fit in 2 MB: the third pushed out the first.
+        wait_for(lambda: [Path(path).exists() for path in stored] == [False, True, True])
+        refused = upload(3)  # 3.6 MB within a minute, over 3 MB
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+        assert refused.json()["detail"].startswith("Uploading too much too fast: at most 3,072 KiB per minute")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data; BOUNDARY=b0undary",
+        'multipart/form-data; boundary = "b0undary"',
+        'Multipart/Form-Data;Boundary="b0undary"',
+        "multipart/form-data; charset=utf-8; boundary=b0undary",
+    ],
+)
+def test_the_file_cap_reads_the_boundary_as_gradio_does(fake_backend, content_type):
+    app = build_app(fake_backend(), lang="en")
+    with served(app) as url:
+
+        def post(count: int, header: str = content_type) -> httpx.Response:
+            parts = b"".join(
+                b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="f%d.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n\x89PNG\r\n" % i
+                for i in range(count)
+            )
+            body = parts + b"--b0undary--\r\n"
+            return httpx.post(f"{url}gradio_api/upload", content=body, headers={"content-type": header})
+
+        assert post(5).status_code == 413 and "at most 4" in post(5).json()["detail"]
+        four = post(4)
+        assert four.status_code == 200 and len(four.json()) == 4
+        duplicated = f"{content_type}; boundary=other"
+        for header in (duplicated, duplicated.replace("boundary=other", "BOUNDARY=b0undary"), "multipart/form-data"):
+            refused = post(5, header)
+            assert refused.status_code == 400 and refused.json()["detail"] == EN.bad_multipart, header
+
+
+def test_idle_conversations_are_forgotten_past_the_session_cap(fake_backend):
+    limits = Limits(max_sessions=2)
+    app = build_app(fake_backend(), lang="en", limits=limits)
+    with served(app, limits=limits) as url:
+        sessions = [uuid.uuid4().hex for _ in range(3)]
+        for i, session in enumerate(sessions):
+            assert raw_chat(url, f"first {i}", session)["success"]
+        # The third conversation pushed out the least recently used one, the first; the second is whole.
+        assert user_texts(raw_chat(url, "again", sessions[1])["output"]["data"][0]) == ["first 1", "again"]
+        assert user_texts(raw_chat(url, "again", sessions[0])["output"]["data"][0]) == ["again"]
+
+
+def test_other_hosts_and_other_pages_are_refused(fake_backend):
+    app = build_app(fake_backend(), lang="en")
+    with served(app) as url:
+        port = port_of(url)
+        rebound = httpx.get(url, headers={"Host": f"attacker.example:{port}"})
+        assert rebound.status_code == 421
+        assert rebound.json()["detail"] == EN.host_refused.format(host=f"attacker.example:{port}")
+        assert httpx.get(url, headers={"Host": f"localhost:{port}"}).status_code == 200
+        chat, session = fn_index(url, "chat"), uuid.uuid4().hex
+        for origin in ("http://attacker.example", f"http://localhost:{port + 1}", "null"):
+            refused = join(url, chat, message_data("hi"), session, headers={"Origin": origin})
+            assert refused.status_code == 403 and refused.json()["detail"] == EN.origin_refused.format(origin=origin)
+            upload = httpx.post(
+                f"{url}gradio_api/upload", files={"files": ("a.png", b"\x89PNG")}, headers={"Origin": origin}
+            )
+            assert upload.status_code == 403
+        assert join(url, chat, message_data("hi"), session, headers={"Origin": url.rstrip("/")}).status_code == 200
+        assert outcome(url, session)["success"]
+
+
+def test_the_longest_message_passes_however_json_escapes_it(fake_backend):
+    """The body bound holds every character as its longest JSON escape: an emoji is two \\uXXXX escapes."""
+    limits = Limits()
+    app = build_app(fake_backend(), lang="en", limits=limits)
+    with served(app, limits=limits) as url:
+        chat, session = fn_index(url, "chat"), uuid.uuid4().hex
+        for char in ("\U0001f600", "\x01", "中"):
+            text, system = char * limits.max_text_chars, char * limits.max_system_chars
+            assert join(url, chat, message_data(text, system=system), session).status_code == 200
+            done = outcome(url, session)
+            assert done["success"] and user_texts(done["output"]["data"][0])[-1] == text
+
+
+def test_a_file_never_uploaded_is_named_not_located(fake_backend):
+    app = build_app(fake_backend(), lang="en")
+    with served(app) as url:
+        chat, session = fn_index(url, "chat"), uuid.uuid4().hex
+        for path in ("x.png", "../../x.png", os.path.join(os.getcwd(), "x.png"), "/etc/x.png"):
+            files = [{"path": path, "meta": {"_type": "gradio.FileData"}}]
+            for response in (
+                join(url, chat, message_data("look", files), session),
+                httpx.post(f"{url}gradio_api/call/chat", json={"data": message_data("look", files)[:1]}),
+            ):
+                assert response.status_code == 400
+                assert response.json()["detail"] == EN.file_not_uploaded.format(name="x.png")
+                assert os.getcwd() not in response.text and tempfile.gettempdir() not in response.text

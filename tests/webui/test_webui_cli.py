@@ -203,3 +203,20 @@ def test_the_command_starts_openmp_with_a_short_spin_unless_the_user_chose(tmp_p
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [expected, "False"]
+
+
+def test_cli_passes_proxies_hosts_and_server_limits(launched, tmp_path, capsys):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cli.main([str(model), "--trusted_proxy", "10.0.0.0/8", "--trusted_proxy", "::1", "--allowed_host", "chat.example.org",
+              "--max_sessions", "50", "--upload_rate", "50mb", "--upload_storage", "1gb"])  # fmt: skip
+    settings = launched["serve"]
+    assert settings["trusted_proxies"] == ["10.0.0.0/8", "::1"] and settings["allowed_hosts"] == ["chat.example.org"]
+    limits = settings["limits"]
+    assert (limits.max_sessions, limits.upload_rate, limits.upload_storage) == (50, "50mb", "1gb")
+    for flags in (["--trusted_proxy", "proxy.example.org"], ["--upload_rate", "50"], ["--upload_storage", "lots"]):
+        with pytest.raises(SystemExit) as exited:
+            cli.main([str(model), *flags])
+        assert exited.value.code == 2
+        assert f"argument {flags[0]}" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -35,7 +36,9 @@ from .auth import (
     resolve_credentials,
 )
 from .compute import short_spin_environment
+from .hosts import parse_proxy
 from .languages import LANGUAGES
+from .server_limits import MAX_SESSIONS, UPLOAD_RATE, UPLOAD_STORAGE
 
 
 def str2bool(value: str) -> bool:
@@ -46,6 +49,23 @@ def str2bool(value: str) -> bool:
     if lowered in ("false", "no", "0", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def size_argument(value: str) -> str:
+    """A size such as ``200mb`` or ``2gb`` (units b, kb, mb, gb, tb), checked and returned as given."""
+    if not re.fullmatch(r"\s*[1-9]\d{0,15}\s*(?:b|kb|mb|gb|tb)\s*", value, flags=re.IGNORECASE):
+        raise argparse.ArgumentTypeError(f"expected a size such as 200mb or 2gb, got {value!r}")
+    return value
+
+
+def proxy_argument(value: str) -> str:
+    """A ``--trusted_proxy`` address or network, checked."""
+    try:
+        return parse_proxy(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an IP address or network (such as 127.0.0.1 or 10.0.0.0/8), got {value!r}"
+        ) from None
 
 
 def model_path_problem(model: str) -> str | None:
@@ -164,6 +184,45 @@ def build_parser() -> argparse.ArgumentParser:
         dest="allow_unauthenticated_public",
         help="serve on a non-loopback address or share link without --auth (anyone can use it)",
     )
+    parser.add_argument(
+        "--trusted_proxy",
+        action="append",
+        type=proxy_argument,
+        default=[],
+        metavar="ADDR",
+        help="a reverse proxy (address or network; repeat for more) whose X-Forwarded-For names the client. "
+        "Default: none; every request's client is the address it came from",
+    )
+    parser.add_argument(
+        "--allowed_host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name users reach the UI by (repeat for more); besides --server_name and localhost, requests "
+        "naming another host are refused (DNS rebinding). A server on 0.0.0.0 without it answers to any name",
+    )
+    parser.add_argument(
+        "--max_sessions",
+        type=int,
+        default=MAX_SESSIONS,
+        metavar="N",
+        help=f"conversations kept in memory; past it the least recently used is forgotten (default {MAX_SESSIONS})",
+    )
+    parser.add_argument(
+        "--upload_rate",
+        type=size_argument,
+        default=UPLOAD_RATE,
+        metavar="SIZE",
+        help=f"most one client address may upload per minute (default {UPLOAD_RATE})",
+    )
+    parser.add_argument(
+        "--upload_storage",
+        type=size_argument,
+        default=UPLOAD_STORAGE,
+        metavar="SIZE",
+        help=f"most all uploads together may keep on disk; past it the oldest are deleted "
+        f"(default {UPLOAD_STORAGE}; uploads older than a day are deleted anyway)",
+    )
     parser.add_argument("--lang", choices=LANGUAGES, default="zh", help="UI language (default zh)")
     parser.add_argument(
         "--demo_cache_dir",
@@ -270,7 +329,7 @@ def serve_backend(
     from .app import Limits, build_app
     from .server import serve
 
-    limits = Limits()
+    limits = Limits(max_sessions=args.max_sessions, upload_rate=args.upload_rate, upload_storage=args.upload_storage)
     app = build_app(backend, lang=args.lang, limits=limits, model_name=model_name, demo=demo)
     serve(
         app,
@@ -282,6 +341,8 @@ def serve_backend(
         allow_unauthenticated_public=args.allow_unauthenticated_public,
         blocked_paths=blocked_paths or [],
         lang=args.lang,
+        trusted_proxies=args.trusted_proxy,
+        allowed_hosts=args.allowed_host,
     )
 
 

@@ -39,6 +39,7 @@ from .backend import (
 )
 from .guard import cancel_waiting
 from .labels import Labels, labels_for
+from .server_limits import MAX_SESSIONS, UPLOAD_RATE, UPLOAD_STORAGE
 from .session import Attachment, ChatSession, Exchange
 from .uploads import ACCEPTED_EXTENSIONS, ACCEPTED_FORMATS, ImageRejected, open_upload
 
@@ -66,6 +67,12 @@ class Limits:
     # behind a reverse proxy every user shares the proxy's address).
     max_waiting_per_session: int = 1
     max_waiting_per_address: int | None = 4
+    # Conversations kept in memory, the least recently used forgotten past it.
+    max_sessions: int = MAX_SESSIONS
+    # Bytes one client address may upload per minute, and all uploads together may keep on disk
+    # (past it the oldest uploads are deleted).
+    upload_rate: str = UPLOAD_RATE
+    upload_storage: str = UPLOAD_STORAGE
 
 
 class ChatController:

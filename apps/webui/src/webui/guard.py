@@ -1,21 +1,31 @@
 """What the server checks before Gradio parses a request, and the queue bookkeeping Gradio lacks.
 
-:class:`RequestGuard` is an ASGI middleware in front of the Gradio app. It
+:class:`RequestGuard` is an ASGI middleware in front of the Gradio app. In order, it
 
-* bounds every request body before it is parsed: uploads by what one message
-  may attach (files and their count), everything else by what the longest
-  legitimate request (message plus system prompt) can take; a body without a
-  declared length is refused, one over the bound gets a 413 with a message;
+* answers only to the host names the server is known by, and refuses a
+  state-changing request sent by another web page (:class:`~webui.hosts.HostPolicy`);
+* with a login required, refuses every request with a body except the login
+  itself until the client has logged in, before a byte of the body is read;
+* bounds every request body before it is parsed: Gradio's upload route by what
+  one message may attach (files and their count, read from the multipart
+  boundary as Gradio reads it), everything else by what the longest legitimate
+  request (message plus system prompt) can take; a body without a declared
+  length is refused, one over the bound gets a 413 with a message;
+* bounds uploads per client per minute and keeps their files under a total
+  budget (:mod:`webui.upload_quota`);
 * slows failed logins per client (:class:`~webui.auth.LoginThrottle`);
 * caps how many requests one session, and one client address, may have
   waiting in the queue for the same thing (the same concurrency group: the
   model, for chat and retry), so one user cannot fill it; what a page
   queues by itself when it opens (a component's value computed per page
-  load) waits apart and does not count against a message.
+  load) waits apart and does not count against a message;
+* answers a call naming a file that was never uploaded with the file's name,
+  not the server path Gradio's own refusal shows.
 
+The client is the socket's peer, or what a proxy named with ``--trusted_proxy``
+says it forwarded (uvicorn reads ``X-Forwarded-For`` from those alone).
 :func:`cancel_waiting` takes a session's requests out of the queue (Stop).
-This module is the only one that touches Gradio's queue internals
-(``Blocks._queue``), which are stable across Gradio 6.
+Gradio internals are reached only through :mod:`webui.gradio_compat`.
 """
 
 from __future__ import annotations
@@ -27,13 +37,30 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.message import Message
 from typing import Any
 
-from gradio.server_messages import ProcessCompletedMessage
-from gradio.utils import _parse_file_size
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from .auth import LoginThrottle, client_key
+from .gradio_compat import (
+    CALL_ROUTES,
+    LOGIN_ROUTE,
+    QUEUE_JOIN_ROUTE,
+    UPLOAD_ROUTE,
+    auth_required,
+    end_waiting_event,
+    files_outside_uploads,
+    logged_in,
+    parse_size,
+    queued_fn_index,
+    route_of,
+    waiting_events,
+)
+from .hosts import HostPolicy
+from .upload_quota import UploadRate, UploadStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +72,13 @@ Send = Callable[[dict], Awaitable[None]]
 ENVELOPE_BYTES = 16 * 1024
 # What one attached file's reference costs in a JSON request (path, URL, name, mime type, size).
 FILE_REFERENCE_BYTES = 2 * 1024
-# Worst-case JSON bytes per character: a lone surrogate or control character escapes as \uXXXX.
-JSON_BYTES_PER_CHAR = 6
+# Worst-case JSON bytes per character of text: a character beyond the BMP (an emoji) escapes as a
+# surrogate pair, \uXXXX\uXXXX (as json.dumps writes by default), and counts as one character.
+JSON_BYTES_PER_CHAR = 12
 # Per file part of a multipart upload: boundary and part headers.
 PART_OVERHEAD_BYTES = 4 * 1024
+# Methods whose request may change something, and so must not come from another page.
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 
 
 @dataclass(frozen=True)
@@ -62,7 +92,7 @@ class BodyLimits:
     @classmethod
     def from_limits(cls, limits) -> BodyLimits:
         """Size the bounds from the app's own :class:`~webui.app.Limits`."""
-        file_bytes = _parse_file_size(limits.max_file_size)
+        file_bytes = parse_size(limits.max_file_size)
         chars = limits.max_text_chars + limits.max_system_chars
         return cls(
             json_bytes=chars * JSON_BYTES_PER_CHAR
@@ -95,15 +125,6 @@ async def respond(send: Send, status: int, message: str, headers: dict[str, str]
     await send({"type": "http.response.body", "body": body})
 
 
-def waiting_events(blocks, concurrency_id: str | None = None) -> list:
-    """The requests in ``blocks``' queue that have not started: all, or those of one concurrency group."""
-    groups = blocks._queue.event_queue_per_concurrency_id
-    if concurrency_id is not None:
-        group = groups.get(concurrency_id)
-        return list(group.queue) if group is not None else []
-    return [event for group in list(groups.values()) for event in list(group.queue)]
-
-
 def event_client(event) -> str:
     """The address key of the client that queued ``event``."""
     client = getattr(event.request, "client", None)
@@ -112,33 +133,12 @@ def event_client(event) -> str:
 
 async def cancel_waiting(blocks, session_hash: str, message: str) -> int:
     """Take ``session_hash``'s waiting requests out of the queue, ending each with ``message``; return how many."""
-    queue = blocks._queue
     cancelled = 0
     for event in waiting_events(blocks):
-        if event.session_hash != session_hash:
-            continue
-        await queue.remove_from_queue(event._id)
-        pending = queue.pending_messages_per_session.get(session_hash)
-        if pending is not None:
-            output = {"error": message, "visible": True, "title": None, "duration": None}
-            pending.put_nowait(ProcessCompletedMessage(output=output, success=False, event_id=event._id))
-        cancelled += 1
+        if event.session_hash == session_hash:
+            await end_waiting_event(blocks, event, message)
+            cancelled += 1
     return cancelled
-
-
-# Gradio's simple API routes, which queue a call like /queue/join does.
-CALL_ROUTE = re.compile(r"/call/(?:v2/)?([^/]+)/?$")
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-def _last_segment(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 class PartCounter:
@@ -157,13 +157,31 @@ class PartCounter:
         return max(0, self.delimiters - 1) if self.delimiters else 0
 
 
-class RequestGuard:
-    """ASGI middleware: body bounds, login backoff and per-session queue caps (see the module docstring).
+def upload_boundary(content_type: str | None) -> bytes | None:
+    """The multipart boundary Gradio will split an upload on, or ``None`` unless exactly one is given.
 
-    ``blocks`` is the Gradio app whose queue is capped; ``max_waiting_per_session``
-    and ``max_waiting_per_address`` (``None``: no cap) count the requests
-    waiting in the new one's concurrency group (for chat: the model), the
-    running one aside.
+    Read with the parser Gradio's own upload route uses, so the parts counted are the parts it stores; a header
+    that names the parameter twice (in any spelling) is refused rather than guessed at.
+    """
+    if not content_type:
+        return None
+    header = Message()
+    header["content-type"] = content_type
+    named = [value for key, value in header.get_params(failobj=[])[1:] if key.lower() == "boundary"]
+    kind, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if kind != b"multipart/form-data" or len(named) != 1 or not boundary or len(boundary) > 200:
+        return None
+    return boundary
+
+
+class RequestGuard:
+    """ASGI middleware: hosts and origins, login first, body bounds, upload quotas, login backoff, queue caps.
+
+    See the module docstring. ``blocks`` is the Gradio app whose queue is
+    capped; ``max_waiting_per_session`` and ``max_waiting_per_address``
+    (``None``: no cap per address) count the requests waiting in the new one's
+    concurrency group (for chat: the model), the running one aside.
     """
 
     def __init__(
@@ -176,6 +194,9 @@ class RequestGuard:
         max_waiting_per_session: int,
         max_waiting_per_address: int | None,
         messages: Any,
+        hosts: HostPolicy,
+        upload_rate: UploadRate,
+        upload_store: UploadStore,
     ):
         self.app = app
         self.blocks = blocks
@@ -184,6 +205,9 @@ class RequestGuard:
         self.max_waiting_per_session = max_waiting_per_session
         self.max_waiting_per_address = max_waiting_per_address
         self.messages = messages
+        self.hosts = hosts
+        self.upload_rate = upload_rate
+        self.upload_store = upload_store
         self._join_lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -207,32 +231,81 @@ class RequestGuard:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
-        segment = _last_segment(scope["path"])
-        upload = segment == "upload"
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        if not self.hosts.host_allowed(host):
+            raise RequestRefused(421, self.messages.host_refused.format(host=host))
+        origin = headers.get("origin")
+        if method in STATE_CHANGING and not self.hosts.origin_allowed(origin, host):
+            raise RequestRefused(403, self.messages.origin_refused.format(origin=origin))
+        matched = route_of(scope)
+        route, params = matched if matched is not None else ("", {})
+        length = headers.get("content-length")
+        has_body = method in STATE_CHANGING or length not in (None, "0")
+        if has_body and route != LOGIN_ROUTE and auth_required(scope) and not logged_in(scope, headers.get("cookie")):
+            raise RequestRefused(401, self.messages.login_required)
+        upload = route == UPLOAD_ROUTE
         limit = self.body_limits.upload_bytes if upload else self.body_limits.json_bytes
-        length = _header(scope, b"content-length")
-        if method in ("POST", "PUT", "PATCH"):
-            if length is None:
-                raise RequestRefused(411, self.messages.length_required)
+        if method in ("POST", "PUT", "PATCH") and length is None:
+            raise RequestRefused(411, self.messages.length_required)
         if length is not None:
             if not re.fullmatch(r"\d{1,18}", length.strip()):
                 raise RequestRefused(400, self.messages.bad_length)
             if int(length) > limit:
                 raise RequestRefused(413, self.messages.body_too_large.format(limit=_kib(limit)))
-        receive = self.bounded(receive, limit, self.part_counter(scope) if upload else None)
-        if method == "POST" and segment == "login":
+        parts = None
+        if upload and method == "POST":
+            boundary = upload_boundary(headers.get("content-type"))
+            if boundary is None:
+                raise RequestRefused(400, self.messages.bad_multipart)
+            parts = PartCounter(boundary)
+            self.charge_upload(scope, int(length))
+            send = self.recording_upload(send, int(length))
+        receive = self.bounded(receive, limit, parts)
+        if method == "POST" and route == LOGIN_ROUTE:
             await self.login(scope, receive, send)
-        elif method == "POST" and (
-            scope["path"].rstrip("/").endswith("/queue/join") or CALL_ROUTE.search(scope["path"])
-        ):
-            await self.join(scope, receive, send)
+        elif method == "POST" and route == QUEUE_JOIN_ROUTE:
+            await self.join(scope, receive, send, api_name=None)
+        elif method == "POST" and route in CALL_ROUTES:
+            await self.join(scope, receive, send, api_name=params.get("api_name"))
         else:
             await self.app(scope, receive, send)
 
-    def part_counter(self, scope: Scope) -> PartCounter | None:
-        content_type = _header(scope, b"content-type") or ""
-        match = re.search(r'boundary="?([^";]{1,200})"?', content_type)
-        return PartCounter(match.group(1).encode("latin-1")) if match else None
+    def charge_upload(self, scope: Scope, size: int) -> None:
+        """Count an upload of ``size`` bytes against its client's rate, or refuse it with the wait."""
+        wait = self.upload_rate.wait_for(self.client(scope), size)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            message = self.messages.upload_rate.format(limit=_kib(self.upload_rate.bytes_per_minute), seconds=seconds)
+            raise RequestRefused(429, message, {"Retry-After": str(seconds)})
+
+    def recording_upload(self, send: Send, size: int) -> Send:
+        """``send`` that records the files a successful upload stored in the upload store."""
+        status = 500
+        body = b""
+
+        async def recording(message: dict) -> None:
+            nonlocal status, body
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status == 200:
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    try:
+                        paths = json.loads(body)
+                    except ValueError:
+                        paths = []
+                    if isinstance(paths, list):
+                        self.upload_store.add([path for path in paths if isinstance(path, str)], size)
+            await send(message)
+
+        return recording
+
+    @staticmethod
+    def client(scope: Scope) -> str:
+        """The key of the request's client address (the socket peer, or what a trusted proxy forwarded)."""
+        client = scope.get("client")
+        return client_key(client[0] if client else None)
 
     def bounded(self, receive: Receive, limit: int, parts: PartCounter | None) -> Receive:
         """``receive`` that refuses past ``limit`` bytes (or too many upload parts), however the body is framed."""
@@ -254,8 +327,7 @@ class RequestGuard:
         return guarded
 
     async def login(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        key = client_key(client[0] if client else None)
+        key = self.client(scope)
         wait = self.throttle.wait_for(key)
         if wait > 0:
             seconds = math.ceil(wait)
@@ -275,7 +347,8 @@ class RequestGuard:
             if status != 200:
                 logger.warning("failed login from %s", key)
 
-    async def join(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def join(self, scope: Scope, receive: Receive, send: Send, *, api_name: str | None) -> None:
+        """A queued call (``/queue/join``, or the simple API's ``/call/<api_name>``): checked, capped, passed on."""
         chunks = []
         while True:
             message = await receive()
@@ -290,13 +363,16 @@ class RequestGuard:
         except ValueError:
             payload = None  # Gradio answers malformed bodies itself
         payload = payload if isinstance(payload, dict) else {}
+        not_uploaded = files_outside_uploads(payload)
+        if not_uploaded:
+            raise RequestRefused(400, self.messages.file_not_uploaded.format(name=not_uploaded[0]))
         session_hash = payload.get("session_hash")
-        fn_index = payload.get("fn_index")
-        fn = self.blocks.fns.get(fn_index) if isinstance(fn_index, int) else None
-        call = CALL_ROUTE.search(scope["path"])
-        if call is not None:
-            # Gradio's simple API (/call/<api_name>) joins the same queue; each call is its own session.
-            fn = next((f for f in self.blocks.fns.values() if f.api_name == call.group(1)), None)
+        if api_name is None:
+            fn_index = queued_fn_index(payload)  # as Gradio reads it: "0", 0.0 and true are indexes too
+            fn = self.blocks.fns.get(fn_index) if fn_index is not None else None
+        else:
+            # Gradio's simple API joins the same queue; each call is its own session.
+            fn = next((f for f in self.blocks.fns.values() if f.api_name == api_name), None)
         # Only what waits in the queue is capped: Stop and the other light events must always get through.
         capped = fn is not None and fn.queue
         replayed = False
@@ -308,8 +384,7 @@ class RequestGuard:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        client = scope.get("client")
-        address = client_key(client[0] if client else None)
+        address = self.client(scope)
         # Held across check and push, so simultaneous joins from one session cannot all pass the check.
         async with self._join_lock:
             waiting = waiting_events(self.blocks, fn.concurrency_id) if capped else []

@@ -68,6 +68,12 @@ class Labels:
     login_wait: str
     session_queue_full: str
     address_queue_full: str
+    host_refused: str
+    origin_refused: str
+    login_required: str
+    bad_multipart: str
+    upload_rate: str
+    file_not_uploaded: str
 
     def default_system_prompt(self, today: datetime.date | None = None) -> str:
         """The default system prompt in this language, dated ``today`` (the current date if not given)."""
@@ -131,6 +137,12 @@ ZH = Labels(
     login_wait="登录失败次数太多，请 {seconds} 秒后再试。",
     session_queue_full="这个对话已经有请求在排队（{limit} 个），请等它完成或点“停止”。",
     address_queue_full="来自你的地址的排队请求已达上限（{limit} 个），请等它们完成。",
+    host_refused="这个服务器不以 {host} 这个名字提供服务；若它确实是本服务器的名字，请用 --allowed_host {host} 启动。",
+    origin_refused="拒绝来自其他网页（{origin}）的请求。",
+    login_required="请先登录。",
+    bad_multipart="上传请求的 Content-Type 必须是 multipart/form-data，且恰好带一个 boundary 参数。",
+    upload_rate="上传太多太快：每分钟最多 {limit}，请 {seconds} 秒后再试。",
+    file_not_uploaded="文件 {name} 没有上传到这个服务器：请先上传再发送。",
 )
 
 EN = Labels(
@@ -192,6 +204,12 @@ EN = Labels(
     login_wait="Too many failed logins; try again in {seconds} s.",
     session_queue_full="This conversation already has {limit} request(s) waiting; wait for it or press Stop.",
     address_queue_full="Your address already has {limit} requests waiting; wait for them to finish.",
+    host_refused="This server does not answer to the name {host}; if it is this server's name, start it with --allowed_host {host}.",
+    origin_refused="Requests from another web page ({origin}) are refused.",
+    login_required="Log in first.",
+    bad_multipart="An upload's Content-Type must be multipart/form-data with exactly one boundary parameter.",
+    upload_rate="Uploading too much too fast: at most {limit} per minute; try again in {seconds} s.",
+    file_not_uploaded="The file {name} was not uploaded to this server: upload it first, then send it.",
 )
 
 LABELS = {"zh": ZH, "en": EN}
