@@ -14,8 +14,9 @@ Each file is read, checked and tokenized by ``yuren_trainer.data.load_sft_datase
 into a fresh cache, in a fresh Python process per file, with ``--workers``
 tokenizing processes. Reported per file: wall seconds, records/s, CPU seconds of
 the process and its workers, records per CPU-second (the per-core rate, which a
-busy machine does not skew as it does wall time), and the peak resident memory
-of the whole process tree (sampled every 50 ms). Per kind: the growth exponent
+busy machine does not skew as it does wall time), and the peak memory of the
+whole process tree (the sum of each process's proportional set size, PSS, so
+pages the forked workers share with the parent count once; sampled every 50 ms). Per kind: the growth exponent
 (slope of log time over log size) and the ratio of the peak memory at the
 largest size to that at the smallest.
 
@@ -158,7 +159,8 @@ def run_one(path: Path, tokenizer: Path, args, *, image_seq_len: int | None) -> 
                 total = 0
                 for member in tree:
                     try:
-                        total += member.memory_info().rss
+                        # PSS: the forked workers share the parent's pages (torch and friends); RSS would count them twice.
+                        total += member.memory_full_info().pss
                     except psutil.NoSuchProcess:
                         pass
                 peak = max(peak, total)
