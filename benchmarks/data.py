@@ -115,7 +115,7 @@ def measure(args) -> None:
             path,
             tokenizer,
             max_length=args.max_length,
-            image_seq_len=args.image_seq_len,
+            image_seq_len=args.image_seq_len or None,
             cache_dir=cache,
             num_proc=args.workers,
         )
@@ -144,8 +144,7 @@ def run_one(path: Path, tokenizer: Path, args, *, image_seq_len: int | None) -> 
     """Measure one file in a fresh interpreter, sampling the resident memory of its process tree."""
     command = [sys.executable, __file__, "--measure", str(path), "--tokenizer", str(tokenizer)]
     command += ["--workers", str(args.workers), "--max-length", str(args.max_length)]
-    if image_seq_len:
-        command += ["--image-seq-len", str(image_seq_len)]
+    command += ["--image-seq-len", str(image_seq_len or 0)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     done = threading.Event()
