@@ -86,3 +86,18 @@ def test_memory_benchmark_smoke(run_benchmark):
     footprint = {load: runs[0]["footprint"] for load, runs in results["runs"].items()}
     assert footprint["8bit"] < footprint["bf16"] and footprint["8bit-saved"] == footprint["8bit"]
     assert all(runs[0]["peak_rss"] >= runs[0]["rss_before_load"] > 0 for runs in results["runs"].values())
+
+
+@pytest.mark.slow
+def test_data_benchmark_smoke(run_benchmark):
+    record = run_benchmark("data", "--smoke", "--workers", "2")
+    results = record["results"]
+    for kind, records_per_file in (("stage3", [300, 600, 1200]), ("stage1", [300, 600, 1200])):
+        sizes = results[kind]["sizes"]
+        assert [sizes[str(n)]["conversations"] for n in records_per_file] == records_per_file
+        assert all(s["rows"] == s["conversations"] and s["peak_rss_mib"] > 0 for s in sizes.values())
+        assert results[kind]["growth_exponent"] > 0
+    assert all(s["images_checked"] == 8 for s in results["stage3"]["sizes"].values())
+    assert all(s["images_checked"] == 0 for s in results["stage1"]["sizes"].values())
+    # An image record is its text plus a 578-token image block.
+    assert results["stage3"]["sizes"]["300"]["tokens"] > results["stage1"]["sizes"]["300"]["tokens"] + 300 * 578

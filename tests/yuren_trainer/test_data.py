@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import asdict
 
 import pytest
 from repo_helpers import UPSTREAM_SAMPLE
 from trainer_helpers import MEMORY_CONVERSATIONS, write_json
 
+from yuren_core import records
 from yuren_core.chatml import render
 from yuren_core.constants import IGNORE_INDEX
+from yuren_core.records import DataError
 from yuren_trainer import data
-from yuren_trainer.data import DataError, load_sft_dataset, read_conversations, tokenize
+from yuren_trainer.data import TokenizeStats, load_sft_dataset, tokenize
+from yuren_trainer.packing import pack_rows
+
+
+def read_conversations(path):
+    return list(records.read_conversations(path))
+
 
 LICENSE_NOTE = {"__comment__": "license note, not a conversation"}
 
@@ -182,16 +191,16 @@ def test_a_file_whose_every_conversation_is_dropped_is_refused(tmp_path, tokeniz
 
 
 def test_the_error_list_stops_at_the_cap_and_counts_the_rest(tmp_path):
-    count = data.MAX_REPORTED_ERRORS + 7
+    count = records.MAX_REPORTED_ERRORS + 7
     path = bad_file(tmp_path, [{"dialogue": []}] * count)
     with pytest.raises(DataError) as error:
         read_conversations(path)
     lines = str(error.value).splitlines()
     assert lines[0] == f"{count} bad record(s) in {path}:"
-    assert len(lines) == 1 + data.MAX_REPORTED_ERRORS + 1
+    assert len(lines) == 1 + records.MAX_REPORTED_ERRORS + 1
     assert (
-        lines[data.MAX_REPORTED_ERRORS]
-        == f"  {path}:{data.MAX_REPORTED_ERRORS + 1} (record {data.MAX_REPORTED_ERRORS - 1}): missing field 'conversations'"
+        lines[records.MAX_REPORTED_ERRORS]
+        == f"  {path}:{records.MAX_REPORTED_ERRORS + 1} (record {records.MAX_REPORTED_ERRORS - 1}): missing field 'conversations'"
     )
     assert lines[-1] == "  ... and 7 more"
 
@@ -228,3 +237,45 @@ def test_a_changed_setting_or_tokenizer_misses_the_cache(tmp_path, tokenizer, mo
     changed = {**settings, **{k: v for k, v in change.items() if k != "tokenizer"}}
     with pytest.raises(AssertionError, match="read again"):
         load_sft_dataset(path, other, cache_dir=cache, **changed)
+
+
+def test_tokenizing_in_two_processes_gives_the_rows_and_stats_of_one(tmp_path, tokenizer, monkeypatch):
+    # Batches of 3 and a worker per 2 records, so that both processes tokenize several batches.
+    monkeypatch.setattr(data, "BATCH_SIZE", 3)
+    monkeypatch.setattr(data, "RECORDS_PER_WORKER", 2)
+    unanswered = {"conversations": [{"from": "human", "value": "No answer follows."}]}
+    # Truncated: the answer cut (kept), and the answer cut off entirely (dropped, counted as truncated too).
+    cut = {"conversations": [{"from": "human", "value": "word " * 5}, {"from": "gpt", "value": "answer " * 120}]}
+    cut_off = {"conversations": [{"from": "human", "value": "word " * 40}, {"from": "gpt", "value": "answer " * 40}]}
+    path = write_json(tmp_path / "train.json", [*MEMORY_CONVERSATIONS, unanswered, cut, cut_off] * 4)
+    in_memory, expected_stats = tokenize(read_conversations(path), tokenizer, max_length=64)
+    assert (expected_stats.kept, expected_stats.dropped_unsupervised, expected_stats.truncated) == (20, 8, 8)
+    for packing in (False, True):
+        loaded = {}
+        for num_proc in (1, 2):
+            dataset, stats = load_sft_dataset(
+                path, tokenizer, max_length=64, packing=packing, num_proc=num_proc, cache_dir=tmp_path / f"c{num_proc}"
+            )
+            loaded[num_proc] = dataset.to_dict(), stats
+        assert loaded[1] == loaded[2]
+        rows, stats = loaded[1]
+        expected = (
+            pack_rows(in_memory, 64) if packing else {**in_memory, "seq_lengths": [[n] for n in in_memory["length"]]}
+        )
+        assert rows == expected
+        assert stats == TokenizeStats(**{**asdict(expected_stats), "rows": len(expected["input_ids"])})
+        assert packing == (len(rows["input_ids"]) < 20)
+
+
+def test_every_conversation_that_cannot_be_tokenized_is_listed(tmp_path, tokenizer):
+    turns = [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A cat."}]
+    path = bad_file(tmp_path, [MEMORY_CONVERSATIONS[0], {"conversations": turns}, {"conversations": turns}])
+    with pytest.raises(DataError) as error:
+        load_sft_dataset(path, tokenizer, max_length=128, image_seq_len=4, cache_dir=tmp_path / "cache")
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"2 conversation(s) in {path} cannot be tokenized:"
+    assert lines[1:] == [
+        f"  {path}:{line} (record {line - 2}): the conversation has 1 image placeholder(s) but names 0 image path(s) "
+        "in 'image'/'images'"
+        for line in (3, 4)
+    ]

@@ -12,10 +12,11 @@ from trainer_helpers import CPU_FLAGS, write_json
 
 from yuren_core.chatml import image_block
 from yuren_core.constants import IGNORE_INDEX
+from yuren_core.records import read_conversations
 from yuren_core.vision import ImageProcessor
 from yuren_core.vocab import special_ids
 from yuren_trainer.collator import PackedCollator, PaddingCollator
-from yuren_trainer.data import image_position_of, load_sft_dataset, read_conversations
+from yuren_trainer.data import image_position_of, load_sft_dataset
 from yuren_trainer.images import FolderImageLoader, ImageFileError, ImageInEveryBatch, check_images
 
 SEQ_LEN = 16  # the tiny tower: 32 x 32 pixels in 8 x 8 patches

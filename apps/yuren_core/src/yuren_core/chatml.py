@@ -24,7 +24,7 @@ prompt injection (upstream's tokenizer did parse them; that is not kept).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_POSITIONS, SPIECE_UNDERLINE
@@ -206,56 +206,54 @@ def render(
     """
     conversation = list(conversation)
     messages = conversation if all(isinstance(m, Message) for m in conversation) else to_messages(conversation)
-    if add_generation_prompt and (not messages or messages[-1].role != USER):
-        raise ConversationError("a generation prompt needs the conversation to end with a user turn")
-    ids = special_ids(tokenizer)
-    if any(m.num_images for m in messages) and image_seq_len is None:
-        raise ConversationError("the conversation has an image but no image_seq_len was given")
-    block = image_block(ids, image_seq_len) if image_seq_len is not None else []
-
-    # Upstream encoded each turn as one string with its special tokens typed in:
-    #   system:    "<|im_start|>system\n{text}<|im_end|>"
-    #   user:      "\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
-    #   assistant: "{text}<|im_end|>" and then the eos id.
-    # Its slow tokenizer cut such a string at the special tokens, stripped the
-    # whitespace on both sides of each one (so the "\n"s around them vanish) and
-    # encoded every remaining piece on its own, each with its own sentencepiece
-    # dummy prefix. Here each turn is a list of text pieces and ids in that
-    # order; the ids are inserted as ids, so text is never parsed for them.
-    turns: list[tuple[list[str | list[int]], bool]] = []  # (pieces, supervised)
-    for message in messages:
-        if message.role == SYSTEM:
-            turns.append(([[ids.im_start], f"system\n{message.text}", [ids.im_end]], False))
-        elif message.role == USER:
-            pieces: list[str | list[int]] = [[ids.im_start], "user\n"]
-            pieces += [block if isinstance(part, Image) else part for part in message.parts]
-            pieces += [[ids.im_end], [ids.im_start], "assistant\n"]
-            turns.append((pieces, False))
-        else:
-            turns.append(([message.text, [ids.im_end]], True))
-    turns = [(_stripped_around_specials(pieces), supervised) for pieces, supervised in turns]
-
-    texts = [piece for pieces, _ in turns for piece in pieces if isinstance(piece, str)]
-    restore_prefix = _drops_dummy_prefix_before_space(tokenizer)
-    if restore_prefix:
-        texts = [" " + text for text in texts]
-    encoded = iter(tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else [])
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for pieces, supervised in turns:
-        for piece in pieces:
-            piece_ids = next(encoded) if isinstance(piece, str) else piece
-            input_ids += piece_ids
-            labels += piece_ids if supervised else [IGNORE_INDEX] * len(piece_ids)
-        if supervised:
-            input_ids.append(ids.eos)
-            labels.append(ids.eos)
-    rendered = Rendered(input_ids=input_ids, labels=labels, num_images=sum(m.num_images for m in messages))
+    (rendered,) = render_many(
+        tokenizer, [messages], image_seq_len=image_seq_len, add_generation_prompt=add_generation_prompt
+    )
+    if isinstance(rendered, ConversationError):
+        raise rendered
     if max_length is None:
         return rendered
     if add_generation_prompt:
         raise ConversationError("max_length truncates training data; a generation prompt is never truncated")
-    return truncated(rendered, max_length, ids)
+    return truncated(rendered, max_length, special_ids(tokenizer))
+
+
+def render_many(
+    tokenizer,
+    conversations: Iterable[Sequence[Message]],
+    *,
+    image_seq_len: int | None = None,
+    add_generation_prompt: bool = False,
+) -> list[Rendered | ConversationError]:
+    """:func:`render` for many conversations of :class:`Message`, their text encoded in one tokenizer call.
+
+    A conversation that cannot be rendered comes back as its
+    :class:`ConversationError`, in its place. Each piece is still encoded on
+    its own, so every result is token for token what :func:`render` gives.
+    """
+    ids = special_ids(tokenizer)
+    block = image_block(ids, image_seq_len) if image_seq_len is not None else []
+    planned: list[tuple[list[tuple[list[str | list[int]], bool]], int] | ConversationError] = []
+    for messages in conversations:
+        try:
+            turns = _turns(messages, ids, block, image_seq_len, add_generation_prompt)
+        except ConversationError as error:
+            planned.append(error)
+            continue
+        planned.append((turns, sum(m.num_images for m in messages)))
+
+    texts = [
+        piece
+        for plan in planned
+        if not isinstance(plan, ConversationError)
+        for pieces, _ in plan[0]
+        for piece in pieces
+        if isinstance(piece, str)
+    ]
+    if texts and _drops_dummy_prefix_before_space(tokenizer):
+        texts = [" " + text for text in texts]
+    encoded = iter(tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else [])
+    return [plan if isinstance(plan, ConversationError) else _assembled(*plan, encoded, ids) for plan in planned]
 
 
 def truncated(rendered: Rendered, max_length: int, ids: SpecialIds) -> Rendered:
@@ -287,6 +285,59 @@ def truncated(rendered: Rendered, max_length: int, ids: SpecialIds) -> Rendered:
     if input_ids[-1] != ids.eos:
         input_ids[-1] = labels[-1] = ids.eos
     return Rendered(input_ids=input_ids, labels=labels, num_images=rendered.num_images)
+
+
+def _turns(
+    messages: Sequence[Message],
+    ids: SpecialIds,
+    block: list[int],
+    image_seq_len: int | None,
+    add_generation_prompt: bool,
+) -> list[tuple[list[str | list[int]], bool]]:
+    """The conversation as turns of text pieces and id runs, each with whether it is supervised."""
+    if add_generation_prompt and (not messages or messages[-1].role != USER):
+        raise ConversationError("a generation prompt needs the conversation to end with a user turn")
+    if image_seq_len is None and any(m.num_images for m in messages):
+        raise ConversationError("the conversation has an image but no image_seq_len was given")
+
+    # Upstream encoded each turn as one string with its special tokens typed in:
+    #   system:    "<|im_start|>system\n{text}<|im_end|>"
+    #   user:      "\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    #   assistant: "{text}<|im_end|>" and then the eos id.
+    # Its slow tokenizer cut such a string at the special tokens, stripped the
+    # whitespace on both sides of each one (so the "\n"s around them vanish) and
+    # encoded every remaining piece on its own, each with its own sentencepiece
+    # dummy prefix. Here each turn is a list of text pieces and ids in that
+    # order; the ids are inserted as ids, so text is never parsed for them.
+    turns: list[tuple[list[str | list[int]], bool]] = []  # (pieces, supervised)
+    for message in messages:
+        if message.role == SYSTEM:
+            turns.append(([[ids.im_start], f"system\n{message.text}", [ids.im_end]], False))
+        elif message.role == USER:
+            pieces: list[str | list[int]] = [[ids.im_start], "user\n"]
+            pieces += [block if isinstance(part, Image) else part for part in message.parts]
+            pieces += [[ids.im_end], [ids.im_start], "assistant\n"]
+            turns.append((pieces, False))
+        else:
+            turns.append(([message.text, [ids.im_end]], True))
+    return [(_stripped_around_specials(pieces), supervised) for pieces, supervised in turns]
+
+
+def _assembled(
+    turns: list[tuple[list[str | list[int]], bool]], num_images: int, encoded: Iterator[list[int]], ids: SpecialIds
+) -> Rendered:
+    """The ids and labels of ``turns``, taking each text piece's ids from ``encoded`` in order."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for pieces, supervised in turns:
+        for piece in pieces:
+            piece_ids = next(encoded) if isinstance(piece, str) else piece
+            input_ids += piece_ids
+            labels += piece_ids if supervised else [IGNORE_INDEX] * len(piece_ids)
+        if supervised:
+            input_ids.append(ids.eos)
+            labels.append(ids.eos)
+    return Rendered(input_ids=input_ids, labels=labels, num_images=num_images)
 
 
 def _stripped_around_specials(pieces: list[str | list[int]]) -> list[str | list[int]]:

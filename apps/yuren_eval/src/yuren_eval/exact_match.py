@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+from yuren_core.records import image_paths
 from yuren_core.vision import ImageProcessor
-from yuren_trainer.data import image_paths
 
 from .answering import Prompt, greedy_answers, zeroed_image_features
 

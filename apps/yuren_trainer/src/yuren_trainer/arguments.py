@@ -82,10 +82,19 @@ class DataArguments:
         default=None,
         metadata={"help": "Where tokenized datasets are cached (default: a `yuren_sft` folder in the datasets cache)."},
     )
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes that tokenize the data, and threads that check its images "
+            "(default: the cores available, at most 8)."
+        },
+    )
 
     def __post_init__(self):
         if self.model_max_length < 2:
             raise UsageError(f"--model_max_length must be at least 2, got {self.model_max_length}")
+        if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 1:
+            raise UsageError(f"--preprocessing_num_workers must be at least 1, got {self.preprocessing_num_workers}")
 
 
 @dataclass

@@ -1,18 +1,16 @@
-"""SFT data: reading conversation files, validating them, tokenizing them, caching the result.
+"""SFT data: conversation files tokenized into Arrow rows, packed, cached; in bounded memory, on several cores.
 
-Input files are ShareGPT JSON (a list of records, as upstream's ``sft.dev.json``)
-or JSON Lines (one record per line); the first non-blank character tells them
-apart. A record is ``{"conversations": [turn, ...]}``, turns as
-:func:`yuren_core.chatml.to_messages` takes them; it may name images in
-``"image"`` (one path) or ``"images"`` (a list), which the rows carry along for
-the multimodal stages. Records holding only a ``"__comment__"`` (upstream's
-license note) are skipped.
+Records are read and validated as a stream (:mod:`yuren_core.records`: file,
+line, record and field named for every problem, all listed before any training)
+and written to an Arrow file in batches. ``datasets`` then tokenizes them in
+``num_proc`` processes (``Dataset.map``), each rendering a batch of conversations
+through :func:`yuren_core.chatml.render_many`; with ``packing`` the rows are
+packed a batch of rows at a time. Only a batch is ever held in memory, plus one
+length per conversation for packing.
 
-Every problem found is reported with the file, the line and record index, and
-the field, all at once, before any training starts. Conversations left without
-a supervised token (no assistant text, or all of it cut off by truncation) are
-dropped and counted; they are never trained on by copying prompt tokens into
-the labels, as upstream did.
+Conversations left without a supervised token (no assistant text, or all of it
+cut off by truncation) are dropped and counted; they are never trained on by
+copying prompt tokens into the labels, as upstream did.
 
 Tokenized rows are cached with ``datasets`` (``save_to_disk``), keyed by the
 file's content, the tokenizer, the renderer's source and the settings, so a
@@ -25,44 +23,44 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 
 from yuren_core import chatml
 from yuren_core.atomic import atomic_directory
-from yuren_core.chatml import USER, ConversationError, Image, ImageBlockTruncated, Message, render, to_messages
+from yuren_core.chatml import (
+    IMAGE,
+    USER,
+    ConversationError,
+    Image,
+    ImageBlockTruncated,
+    Message,
+    render_many,
+    truncated,
+)
+from yuren_core.records import Conversation, DataError, ErrorReport, batches, no_such_file, read_conversations
+from yuren_core.vocab import special_ids
 
-from .packing import pack_rows
+from .packing import assign_bins
 
 logger = logging.getLogger(__name__)
 
 # Bump when the layout of the cached rows changes.
-CACHE_FORMAT = 1
-MAX_REPORTED_ERRORS = 20
+CACHE_FORMAT = 2
+# Conversations per batch: what one worker renders, and writes to Arrow, at a time.
+BATCH_SIZE = 1000
+# A worker process is started per this many conversations at most: a small file is not worth the start-up.
+RECORDS_PER_WORKER = 2000
 
-
-class DataError(ValueError):
-    """Input records that cannot be used; the message lists each one with file, line, record and field."""
-
-
-def error_list(heading: str, errors: list[str]) -> str:
-    """``heading`` and then one indented line per error, the first ``MAX_REPORTED_ERRORS`` of them."""
-    shown = "\n  ".join(errors[:MAX_REPORTED_ERRORS])
-    more = f"\n  ... and {len(errors) - MAX_REPORTED_ERRORS} more" if len(errors) > MAX_REPORTED_ERRORS else ""
-    return f"{heading}:\n  {shown}{more}"
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """One validated record: where it came from, its messages and the image paths it names."""
-
-    source: str
-    messages: list[Message]
-    images: tuple[str, ...] = ()
+# What tokenizing did with each conversation (the ``outcome`` column of the tokenized records).
+KEPT, DROPPED_UNSUPERVISED, DROPPED_IMAGE_CUT, FAILED = "kept", "dropped_unsupervised", "dropped_image_cut", "failed"
 
 
 @dataclass
@@ -88,137 +86,12 @@ class TokenizeStats:
         )
 
 
-def read_conversations(path: str | os.PathLike) -> list[Conversation]:
-    """Read and validate every record of a ShareGPT JSON or JSON Lines file.
-
-    Raises :class:`DataError` listing every bad record (up to
-    ``MAX_REPORTED_ERRORS``) with its line, index and field.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(no_such_file(path)) from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error})") from None
-
-    conversations: list[Conversation] = []
-    errors: list[str] = []
-    for where, record in _records(path, text):
-        if isinstance(record, DataError):
-            errors.append(str(record))
-            continue
-        if isinstance(record, Mapping) and "__comment__" in record and "conversations" not in record:
-            continue
-        try:
-            conversations.append(_conversation(where, record))
-        except DataError as error:
-            errors.append(str(error))
-    if errors:
-        raise DataError(error_list(f"{len(errors)} bad record(s) in {path}", errors))
-    if not conversations:
-        raise DataError(f"{path}: no conversations found")
-    return conversations
+def default_num_workers() -> int:
+    """Processes that tokenize by default: the cores this process may use, at most 8."""
+    return min(len(os.sched_getaffinity(0)), 8)
 
 
-def no_such_file(path: Path) -> str:
-    """The message for a conversation file that is not there."""
-    return f"{path}: no such file; check the path, which must name a ShareGPT JSON or JSON Lines file of conversations"
-
-
-def _records(path: Path, text: str) -> Iterator[tuple[str, object]]:
-    """Yield ``(location, record)``; a record that does not parse comes as a :class:`DataError`."""
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        yield from _json_array_records(path, text)
-    else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as error:
-                yield where, DataError(f"{where}: malformed JSON line: {error.msg} at column {error.colno}")
-
-
-def _json_array_records(path: Path, text: str) -> Iterator[tuple[str, object]]:
-    """Decode a JSON list element by element, so each record knows its line.
-
-    A syntax error ends the file (nothing after it can be trusted) and is
-    reported with its line and column.
-    """
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-    index = 0
-
-    def line_of(offset: int) -> int:
-        return text.count("\n", 0, offset) + 1
-
-    def skip_space(offset: int) -> int:
-        while offset < len(text) and text[offset] in " \t\r\n":
-            offset += 1
-        return offset
-
-    pos = skip_space(pos)
-    if pos < len(text) and text[pos] == "]":
-        return
-    while True:
-        where = f"{path}:{line_of(pos)} (record {index})"
-        try:
-            record, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as error:
-            yield where, DataError(f"{path}:{error.lineno}: malformed JSON: {error.msg} at column {error.colno}")
-            return
-        yield where, record
-        index += 1
-        pos = skip_space(pos)
-        if pos < len(text) and text[pos] == ",":
-            pos = skip_space(pos + 1)
-            continue
-        if pos < len(text) and text[pos] == "]":
-            return
-        problem = "the file ends" if pos >= len(text) else f"found {text[pos]!r}"
-        yield (
-            where,
-            DataError(
-                f"{path}:{line_of(pos)}: malformed JSON: expected ',' or ']' after record {index - 1}, {problem}"
-            ),
-        )
-        return
-
-
-def _conversation(where: str, record: object) -> Conversation:
-    if not isinstance(record, Mapping):
-        raise DataError(f"{where}: expected an object with a 'conversations' field, got {type(record).__name__}")
-    if "conversations" not in record:
-        raise DataError(f"{where}: missing field 'conversations'")
-    turns = record["conversations"]
-    if not isinstance(turns, list) or not turns:
-        raise DataError(f"{where}: field 'conversations' must be a non-empty list of turns")
-    try:
-        messages = to_messages(turns)
-    except ConversationError as error:
-        raise DataError(f"{where}: field 'conversations', {error}") from None
-    return Conversation(source=where, messages=messages, images=image_paths(where, record))
-
-
-def image_paths(where: str, record: Mapping) -> tuple[str, ...]:
-    """The image paths a record names: field ``image`` (one path) or ``images`` (a list), never both."""
-    if "image" in record and "images" in record:
-        raise DataError(f"{where}: give either field 'image' or field 'images', not both")
-    if "image" in record:
-        images = [record["image"]]
-        field = "image"
-    else:
-        images = record.get("images", [])
-        field = "images"
-    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
-        raise DataError(f"{where}: field {field!r} must be a path (image) or a list of paths (images)")
-    return tuple(images)
-
-
-def image_position_of(conversations: Sequence[Conversation], default: str) -> tuple[str, Counter]:
+def image_position_of(conversations: Iterable[Conversation], default: str) -> tuple[str, Counter]:
     """Where most user turns with images put them: ``"before_text"`` or ``"after_text"``; ``default`` on a tie.
 
     A turn counts as ``before_text`` when only whitespace precedes its first
@@ -243,55 +116,123 @@ def image_position_of(conversations: Sequence[Conversation], default: str) -> tu
 
 
 def tokenize(
-    conversations: Sequence[Conversation],
+    conversations: Iterable[Conversation],
     tokenizer,
     *,
     max_length: int,
     image_seq_len: int | None = None,
 ) -> tuple[dict[str, list], TokenizeStats]:
-    """Render conversations to columns ``input_ids``, ``labels``, ``length``, ``images``.
+    """Render conversations (held in memory) to columns ``input_ids``, ``labels``, ``length``, ``images``.
 
     Conversations longer than ``max_length`` are truncated (labels cut with the
     ids, so they stay aligned). A conversation without a supervised token left,
     or one whose truncation would cut an image block, is dropped and counted.
-    A conversation whose number of images differs from the image paths it
-    names raises :class:`DataError`.
+    Conversations that cannot be rendered (a number of images that differs
+    from the image paths named) raise :class:`DataError` listing them.
+    :func:`load_sft_dataset` does the same for a file, a batch at a time.
     """
-    stats = TokenizeStats(conversations=len(conversations))
-    columns: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "images": []}
-    for conversation in conversations:
-        try:
-            full = render(tokenizer, conversation.messages, image_seq_len=image_seq_len)
-        except ImageBlockTruncated:
-            stats.dropped_image_cut += 1
-            continue
-        except ConversationError as error:
-            raise DataError(f"{conversation.source}: field 'conversations', {error}") from None
-        if full.num_images != len(conversation.images):
-            raise DataError(
-                f"{conversation.source}: the conversation has {full.num_images} image placeholder(s) but names "
-                f"{len(conversation.images)} image path(s) in 'image'/'images'"
-            )
-        rendered = full
-        if len(full.input_ids) > max_length:
-            try:
-                rendered = render(tokenizer, conversation.messages, image_seq_len=image_seq_len, max_length=max_length)
-            except ImageBlockTruncated:
-                stats.dropped_image_cut += 1
-                continue
-            stats.truncated += 1
-        if rendered.num_supervised == 0:
-            stats.dropped_unsupervised += 1
-            continue
-        stats.kept += 1
-        stats.tokens += len(rendered.input_ids)
-        stats.supervised_tokens += rendered.num_supervised
-        columns["input_ids"].append(rendered.input_ids)
-        columns["labels"].append(rendered.labels)
-        columns["length"].append(len(rendered.input_ids))
-        columns["images"].append(list(conversation.images))
+    records = _record_columns(conversations)
+    rows = tokenize_records(records, tokenizer, max_length=max_length, image_seq_len=image_seq_len)
+    stats = TokenizeStats(conversations=len(rows["outcome"]))
+    errors = ErrorReport()
+    kept = []
+    for index, outcome in enumerate(rows["outcome"]):
+        _count(stats, errors, *(rows[name][index] for name in OUTCOME_COLUMNS))
+        if outcome == KEPT:
+            kept.append(index)
+    if errors.count:
+        raise DataError(errors.message(f"{errors.count} conversation(s) cannot be tokenized"))
     stats.rows = stats.kept
+    columns = {name: [rows[name][i] for i in kept] for name in ("input_ids", "labels", "length", "images")}
     return columns, stats
+
+
+# The columns of the tokenized records that :func:`_count` reads.
+OUTCOME_COLUMNS = ("outcome", "truncated", "error", "length", "supervised")
+
+
+def _count(
+    stats: TokenizeStats, errors: ErrorReport, outcome: str, truncated: bool, error, length: int, supervised: int
+) -> None:
+    """Add one tokenized conversation to the statistics (or its problem to ``errors``)."""
+    # A truncated conversation counts as truncated whether it is then kept or dropped.
+    stats.truncated += truncated
+    if outcome == FAILED:
+        errors.add(error)
+    elif outcome == KEPT:
+        stats.kept += 1
+        stats.tokens += length
+        stats.supervised_tokens += supervised
+    elif outcome == DROPPED_UNSUPERVISED:
+        stats.dropped_unsupervised += 1
+    else:
+        stats.dropped_image_cut += 1
+
+
+def _record_columns(conversations: Iterable[Conversation]) -> dict[str, list]:
+    """Conversations as the columns of the records file: ``source``, ``roles``, ``parts`` (None for an image), ``images``."""
+    columns: dict[str, list] = {"source": [], "roles": [], "parts": [], "images": []}
+    for conversation in conversations:
+        columns["source"].append(conversation.source)
+        columns["roles"].append([m.role for m in conversation.messages])
+        columns["parts"].append([[None if isinstance(p, Image) else p for p in m.parts] for m in conversation.messages])
+        columns["images"].append(list(conversation.images))
+    return columns
+
+
+def _messages(roles: list[str], parts: list[list[str | None]]) -> list[Message]:
+    return [
+        Message(role, tuple(IMAGE if p is None else p for p in pieces))
+        for role, pieces in zip(roles, parts, strict=True)
+    ]
+
+
+def tokenize_records(records: dict[str, list], tokenizer, *, max_length: int, image_seq_len: int | None) -> dict:
+    """Tokenize a batch of records (the columns :func:`_record_columns` writes); one output row per record.
+
+    Each row says what became of its conversation in ``outcome`` (and, for a
+    conversation that cannot be rendered, why in ``error``); rows that are not
+    kept have empty ids.
+    """
+    ids = special_ids(tokenizer)
+    conversations = [_messages(r, p) for r, p in zip(records["roles"], records["parts"], strict=True)]
+    rendered = render_many(tokenizer, conversations, image_seq_len=image_seq_len)
+    out: dict[str, list] = {name: [] for name in _tokenized_features()}
+    for source, images, full in zip(records["source"], records["images"], rendered, strict=True):
+        outcome, truncated, error, row = _outcome(source, images, full, max_length, ids)
+        out["outcome"].append(outcome)
+        out["truncated"].append(truncated)
+        out["error"].append(error)
+        out["input_ids"].append(row.input_ids if row else [])
+        out["labels"].append(row.labels if row else [])
+        out["length"].append(len(row.input_ids) if row else 0)
+        out["images"].append(images if row else [])
+        out["seq_lengths"].append([len(row.input_ids)] if row else [])
+        out["supervised"].append(row.num_supervised if row else 0)
+    return out
+
+
+def _outcome(source: str, images: list[str], full, max_length: int, ids):
+    """``(outcome, whether truncated, error, rendered row or None)`` for one conversation rendered in full."""
+    if isinstance(full, ImageBlockTruncated):
+        return DROPPED_IMAGE_CUT, False, None, None
+    if isinstance(full, ConversationError):
+        return FAILED, False, f"{source}: field 'conversations', {full}", None
+    if full.num_images != len(images):
+        return (
+            FAILED,
+            False,
+            f"{source}: the conversation has {full.num_images} image placeholder(s) but names "
+            f"{len(images)} image path(s) in 'image'/'images'",
+            None,
+        )
+    try:
+        row = truncated(full, max_length, ids)
+    except ImageBlockTruncated:
+        return DROPPED_IMAGE_CUT, False, None, None
+    if row.num_supervised == 0:
+        return DROPPED_UNSUPERVISED, row is not full, None, None
+    return KEPT, row is not full, None, row
 
 
 def load_sft_dataset(
@@ -302,13 +243,15 @@ def load_sft_dataset(
     packing: bool = False,
     image_seq_len: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
 ) -> tuple[datasets.Dataset, TokenizeStats]:
     """Read, validate, tokenize (and with ``packing`` pack) a conversation file, through a cache.
 
     Returns the rows as a ``datasets.Dataset`` (columns ``input_ids``,
     ``labels``, ``length``, ``images``, ``seq_lengths``) and the statistics of
     the tokenization. ``seq_lengths`` lists the length of each conversation in
-    a row: one entry without packing.
+    a row: one entry without packing. Tokenizing runs in up to ``num_proc``
+    processes (default :func:`default_num_workers`); the rows do not depend on it.
     """
     path = Path(path)
     if not path.is_file():
@@ -322,21 +265,123 @@ def load_sft_dataset(
         stats = TokenizeStats(**json.loads((cached / "yuren_stats.json").read_text()))
         return datasets.load_from_disk(str(cached)), stats
 
-    columns, stats = tokenize(read_conversations(path), tokenizer, max_length=max_length, image_seq_len=image_seq_len)
-    if packing:
-        columns = pack_rows(columns, max_length)
-    else:
-        columns["seq_lengths"] = [[n] for n in columns["length"]]
-    stats.rows = len(columns["input_ids"])
-    if stats.rows == 0:
-        raise DataError(f"{path}: no conversation has a supervised token; nothing to train on")
-    dataset = datasets.Dataset.from_dict(columns, features=_features())
-
-    # Written beside the final place and renamed into it, so a crash never leaves a half cache behind.
-    with atomic_directory(cached) as staging:
-        dataset.save_to_disk(str(staging))
+    cache_root.mkdir(parents=True, exist_ok=True)
+    # Written beside the final place and renamed into it, so a crash never leaves a half cache behind; the
+    # intermediate Arrow files (records, tokenized rows) live in a scratch folder removed either way.
+    with atomic_directory(cached) as staging, tempfile.TemporaryDirectory(dir=cache_root, prefix=".work-") as work:
+        records = _write_records(path, Path(work) / "records.arrow")
+        workers = max(1, min(num_proc or default_num_workers(), len(records) // RECORDS_PER_WORKER))
+        tokenized = records.map(
+            tokenize_records,
+            batched=True,
+            batch_size=BATCH_SIZE,
+            writer_batch_size=BATCH_SIZE,
+            remove_columns=records.column_names,
+            features=_tokenized_features(),
+            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "image_seq_len": image_seq_len},
+            num_proc=workers if workers > 1 else None,
+            cache_file_name=str(Path(work) / "tokenized.arrow"),
+            new_fingerprint=key[:32] + "-tokenized",
+            desc=f"tokenizing {path.name}",
+        )
+        stats, kept = _kept_rows(path, tokenized, Path(work) / "kept.arrow", fingerprint=key[:32] + "-kept")
+        rows = _packed(kept, max_length, Path(work) / "packed.arrow") if packing else kept
+        stats.rows = len(rows)
+        if stats.rows == 0:
+            raise DataError(f"{path}: no conversation has a supervised token; nothing to train on")
+        rows.save_to_disk(str(staging))
         (staging / "yuren_stats.json").write_text(json.dumps(asdict(stats)))
     return datasets.load_from_disk(str(cached)), stats
+
+
+def _write_records(path: Path, target: Path) -> datasets.Dataset:
+    """Stream the validated conversations of ``path`` into the Arrow file ``target``, a batch at a time."""
+    with _arrow_writer(target, _record_features()) as write:
+        for batch in batches(read_conversations(path), BATCH_SIZE):
+            write(_record_columns(batch))
+    return datasets.Dataset.from_file(str(target))
+
+
+@contextmanager
+def _arrow_writer(target: Path, features: datasets.Features) -> Iterator:
+    """A function writing columns (a dict of lists, or a ``pyarrow.Table``) as a batch of the Arrow file ``target``."""
+    schema = features.arrow_schema
+    with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+
+        def write(columns) -> None:
+            table = columns if isinstance(columns, pa.Table) else pa.Table.from_pydict(columns, schema=schema)
+            writer.write_table(table)
+
+        yield write
+
+
+def _kept_rows(
+    path: Path, tokenized: datasets.Dataset, target: Path, *, fingerprint: str
+) -> tuple[TokenizeStats, datasets.Dataset]:
+    """The statistics of the tokenized records, and the kept rows; :class:`DataError` if any record failed."""
+    stats = TokenizeStats()
+    errors = ErrorReport()
+    for batch in tokenized.select_columns(list(OUTCOME_COLUMNS)).iter(batch_size=BATCH_SIZE * 10):
+        for values in zip(*(batch[name] for name in OUTCOME_COLUMNS), strict=True):
+            stats.conversations += 1
+            _count(stats, errors, *values)
+    if errors.count:
+        raise DataError(errors.message(f"{errors.count} conversation(s) in {path} cannot be tokenized"))
+    kept = tokenized.filter(
+        _is_kept,
+        input_columns="outcome",
+        batched=True,
+        batch_size=BATCH_SIZE,
+        cache_file_name=str(target),
+        new_fingerprint=fingerprint,
+    )
+    return stats, kept.select_columns(list(_features()))
+
+
+def _is_kept(outcomes: list[str]) -> list[bool]:
+    return [outcome == KEPT for outcome in outcomes]
+
+
+def _packed(rows: datasets.Dataset, max_length: int, target: Path) -> datasets.Dataset:
+    """``rows`` packed into rows of at most ``max_length`` tokens (:func:`~yuren_trainer.packing.assign_bins`), in batches.
+
+    Only the lengths are read for the whole file; the tokens are copied a batch of packed rows at a time.
+    """
+    bins = assign_bins(rows.select_columns(["length"]).with_format("numpy")[:]["length"].tolist(), max_length)
+    arrow_rows = rows.with_format("arrow")
+    with _arrow_writer(target, _features()) as write:
+        for batch in batches(bins, BATCH_SIZE):
+            write(_packed_table(arrow_rows[[i for members in batch for i in members]], batch))
+    return datasets.Dataset.from_file(str(target))
+
+
+def _packed_table(table: pa.Table, bins: list[list[int]]) -> pa.Table:
+    """Concatenate the rows of ``table`` (the members of ``bins``, in order) bin by bin into one row per bin."""
+    lengths = table.column("length").to_pylist()
+    member_offsets = [0]
+    for members in bins:
+        member_offsets.append(member_offsets[-1] + len(members))
+
+    def joined(name: str) -> pa.Array:
+        column = table.column(name).combine_chunks()
+        per_row = column.value_lengths().to_pylist()
+        offsets = [0]
+        for start, end in zip(member_offsets, member_offsets[1:], strict=False):
+            offsets.append(offsets[-1] + sum(per_row[start:end]))
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), column.flatten())
+
+    seq_lengths = pa.ListArray.from_arrays(pa.array(member_offsets, pa.int32()), pa.array(lengths, pa.int32()))
+    return pa.table(
+        {
+            "input_ids": joined("input_ids"),
+            "labels": joined("labels"),
+            "length": pa.array(
+                [sum(lengths[s:e]) for s, e in zip(member_offsets, member_offsets[1:], strict=False)], pa.int32()
+            ),
+            "images": joined("images"),
+            "seq_lengths": seq_lengths,
+        }
+    )
 
 
 def _features() -> datasets.Features:
@@ -348,6 +393,25 @@ def _features() -> datasets.Features:
             "length": datasets.Value("int32"),
             "images": datasets.Sequence(datasets.Value("string")),
             "seq_lengths": ids,
+        }
+    )
+
+
+def _record_features() -> datasets.Features:
+    strings = datasets.Sequence(datasets.Value("string"))
+    return datasets.Features(
+        {"source": datasets.Value("string"), "roles": strings, "parts": datasets.Sequence(strings), "images": strings}
+    )
+
+
+def _tokenized_features() -> datasets.Features:
+    return datasets.Features(
+        {
+            **_features(),
+            "supervised": datasets.Value("int32"),
+            "outcome": datasets.Value("string"),
+            "truncated": datasets.Value("bool"),
+            "error": datasets.Value("string"),
         }
     )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,9 +23,11 @@ import torch
 from PIL import Image
 
 from yuren_core.constants import IGNORE_INDEX
+from yuren_core.records import Conversation, DataError, ErrorReport, batches
 from yuren_core.vision import ImageProcessor
 
-from .data import Conversation, DataError, error_list
+# Distinct image paths handed to the pool at a time.
+CHECK_BATCH = 4096
 
 
 class ImageFileError(DataError):
@@ -73,27 +75,36 @@ def check_images(
 ) -> int:
     """Check every image the conversations name; return how many distinct files were checked.
 
-    Raises :class:`ImageFileError` listing each record with an unusable image
-    (up to ``MAX_REPORTED_ERRORS``), its path as written and the file it resolved to.
+    The conversations are taken as a stream; the files are checked by a pool of
+    ``workers`` threads, a batch of new paths at a time, so memory holds the
+    distinct paths seen and one batch. Raises :class:`ImageFileError` listing
+    each record with an unusable image (up to ``MAX_REPORTED_ERRORS``), its
+    path as written and the file it resolved to.
     """
-    first_use: dict[str, str] = {}
-    for conversation in conversations:
-        for path in conversation.images:
-            first_use.setdefault(path, conversation.source)
-    paths = list(first_use)
+    seen: set[str] = set()
+    errors = ErrorReport()
+
+    def first_uses() -> Iterator[tuple[str, str]]:
+        for conversation in conversations:
+            for path in conversation.images:
+                if path not in seen:
+                    seen.add(path)
+                    yield path, conversation.source
+
+    def problem(path: str) -> str | None:
+        return image_file_problem(resolve(image_folder, path), max_pixels=max_pixels)
+
     # Threads overlap the file-system waits; the work per file is a header read.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = list(pool.map(lambda p: image_file_problem(resolve(image_folder, p), max_pixels=max_pixels), paths))
-    errors = [
-        f"{first_use[path]}: image {path!r} ({resolve(image_folder, path)}): {problem}"
-        for path, problem in zip(paths, problems, strict=True)
-        if problem is not None
-    ]
-    if errors:
+        for batch in batches(first_uses(), CHECK_BATCH):
+            for (path, source), found in zip(batch, pool.map(problem, [p for p, _ in batch]), strict=True):
+                if found is not None:
+                    errors.add(f"{source}: image {path!r} ({resolve(image_folder, path)}): {found}")
+    if errors.count:
         raise ImageFileError(
-            error_list(f"{len(errors)} unusable image(s) (paths relative to --image_folder {image_folder})", errors)
+            errors.message(f"{errors.count} unusable image(s) (paths relative to --image_folder {image_folder})")
         )
-    return len(paths)
+    return len(seen)
 
 
 class FolderImageLoader:

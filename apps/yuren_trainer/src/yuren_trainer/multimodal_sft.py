@@ -27,6 +27,7 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from yuren_core.modeling import YuRenConfig
+from yuren_core.records import read_conversations
 from yuren_core.upstream import is_upstream_checkpoint
 
 from .arguments import (
@@ -36,7 +37,7 @@ from .arguments import (
     UsageError,
     VisionTowerArguments,
 )
-from .data import image_position_of, read_conversations
+from .data import image_position_of
 from .models import (
     assemble_fused_model,
     clip_image_seq_len,

@@ -23,12 +23,12 @@ import transformers
 from transformers import set_seed
 
 from yuren_core.cli import exit_on
+from yuren_core.records import DataError
 from yuren_core.vocab import special_ids
 
 from . import checkpoints
 from .arguments import UsageError, parse_args
 from .checkpoints import CheckpointCompletion
-from .data import DataError
 from .qlora import QLoRAConfigError
 from .segment_attention import use_for_packing
 from .trainer import SFTTrainer

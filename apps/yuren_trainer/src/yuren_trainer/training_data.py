@@ -15,12 +15,13 @@ import datasets
 from transformers.trainer_utils import IntervalStrategy
 
 from yuren_core.chatml import image_block
+from yuren_core.records import read_conversations
 from yuren_core.vision import ImageProcessor
 from yuren_core.vocab import special_ids
 
 from .arguments import DataArguments, ImageDataArguments, UsageError
 from .collator import ImageLoader, PackedCollator, PaddingCollator
-from .data import TokenizeStats, load_sft_dataset, read_conversations
+from .data import TokenizeStats, default_num_workers, load_sft_dataset
 from .images import FolderImageLoader, ImageInEveryBatch, check_images
 
 logger = logging.getLogger("yuren_trainer")
@@ -64,9 +65,15 @@ def load_data_file(name: str, path: str, data_args: DataArguments, args, tokeniz
             packing=data_args.packing,
             image_seq_len=image_seq_len,
             cache_dir=data_args.data_cache_dir,
+            num_proc=num_workers(data_args),
         )
     _log_stats(name, path, stats, dataset, data_args)
     return dataset
+
+
+def num_workers(data_args: DataArguments) -> int:
+    """``--preprocessing_num_workers``, or by default :func:`~yuren_trainer.data.default_num_workers`."""
+    return data_args.preprocessing_num_workers or default_num_workers()
 
 
 def _log_stats(name: str, path: str, stats: TokenizeStats, dataset, data_args: DataArguments) -> None:
@@ -93,12 +100,18 @@ def make_collator(data_args: DataArguments, pad_token_id: int, *, image_loader: 
 
 
 def check_data_images(files: list[str], data_args: ImageDataArguments, args) -> None:
-    """Check every image the records of ``files`` name (main process of each node; the others wait)."""
+    """Check every image the records of ``files`` name (main process of each node; the others wait).
+
+    The records are read as a stream and the images checked by a pool of ``--preprocessing_num_workers`` threads.
+    """
     with args.main_process_first(desc="checking images"):
         if args.local_process_index == 0:
             for path in files:
                 count = check_images(
-                    read_conversations(path), data_args.image_folder, max_pixels=data_args.max_image_pixels
+                    read_conversations(path),
+                    data_args.image_folder,
+                    max_pixels=data_args.max_image_pixels,
+                    workers=num_workers(data_args),
                 )
                 logger.info("%s: %d image file(s) checked", path, count)
 
