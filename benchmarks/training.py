@@ -37,6 +37,7 @@ sleep rather than spin (spinning would count as CPU time).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import tempfile
@@ -52,9 +53,10 @@ from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from yuren_core.constants import IGNORE_INDEX
+from yuren_core.records import read_conversations
 from yuren_core.vocab import load_tokenizer, special_ids
 from yuren_trainer.collator import PackedCollator, PaddingCollator
-from yuren_trainer.data import read_conversations, tokenize
+from yuren_trainer.data import tokenize
 from yuren_trainer.packing import pack_rows
 from yuren_trainer.segment_attention import register as register_segment_attention
 from yuren_trainer.trainer import supervised_positions_only
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-    conversations = read_conversations(args.data)[: args.max_conversations]
+    conversations = list(itertools.islice(read_conversations(args.data), args.max_conversations))
     columns, stats = tokenize(conversations, tokenizer, max_length=args.model_max_length)
     print(stats.describe(str(args.data)), flush=True)
 
