@@ -83,7 +83,7 @@ class Rendered:
 
     @property
     def num_supervised(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 def split_image_placeholders(text: str) -> tuple[str | Image, ...]:
