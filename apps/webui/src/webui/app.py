@@ -364,130 +364,187 @@ def build_app(
     with gr.Blocks(title=labels.title, analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as app:
         # A factory, not an instance: every browser session gets a fresh ChatSession.
         session = gr.State(new_session)
-        gr.Markdown(f"# {labels.title}\n{labels.intro}", elem_id="intro")
-        if demo:
-            gr.Markdown(labels.demo_banner, elem_id="demo-banner")
-        if model_name:
-            gr.Markdown(labels.model_line.format(name=model_name), elem_id="model-name")
+        page_header(labels, model_name=model_name, demo=demo)
         with gr.Row():
             with gr.Column(scale=4):
-                chatbot = gr.Chatbot(
-                    label=labels.chatbot,
-                    elem_id="chatbot",
-                    height=520,
-                    render_markdown=True,
-                    sanitize_html=True,
-                    allow_tags=False,
-                    feedback_options=None,
-                    buttons=["copy"],
-                    latex_delimiters=[],
-                )
-                message = gr.MultimodalTextbox(
-                    elem_id="message",
-                    placeholder=labels.placeholder,
-                    show_label=False,
-                    file_types=list(ACCEPTED_EXTENSIONS) if backend.supports_images else None,
-                    file_count="multiple",
-                    sources=["upload"] if backend.supports_images else [],
-                    max_lines=12,
-                    autofocus=True,
-                )
-                with gr.Row():
-                    stop = gr.Button(labels.stop, elem_id="stop", variant="stop")
-                    retry = gr.Button(labels.retry, elem_id="retry")
-                    delete_last = gr.Button(labels.delete_last, elem_id="delete-last")
-                    new_conversation = gr.Button(labels.new_conversation, elem_id="new-conversation")
+                chat = chat_column(labels, supports_images=backend.supports_images)
             with gr.Column(scale=2):
-                system_prompt = gr.Textbox(
-                    value=labels.default_system_prompt,  # called on every page load: today's date
-                    label=labels.system_prompt,
-                    elem_id="system-prompt",
-                    lines=6,
-                    max_lines=16,
-                )
-                with gr.Accordion(labels.settings, open=True):
-                    temperature = gr.Slider(
-                        *TEMPERATURE_RANGE,
-                        value=defaults.temperature,
-                        step=0.05,
-                        label=labels.temperature,
-                        info=labels.temperature_info,
-                        elem_id="temperature",
-                    )
-                    top_p = gr.Slider(
-                        *TOP_P_RANGE,
-                        value=defaults.top_p,
-                        step=0.01,
-                        label=labels.top_p,
-                        info=labels.top_p_info,
-                        elem_id="top-p",
-                    )
-                    max_new_tokens = gr.Slider(
-                        *MAX_NEW_TOKENS_RANGE,
-                        value=defaults.max_new_tokens,
-                        step=1,
-                        label=labels.max_new_tokens,
-                        elem_id="max-new-tokens",
-                    )
-                    repetition_penalty = gr.Slider(
-                        *REPETITION_PENALTY_RANGE,
-                        value=defaults.repetition_penalty,
-                        step=0.01,
-                        label=labels.repetition_penalty,
-                        elem_id="repetition-penalty",
-                    )
-
-        def unqueue(handler: Callable[[ChatSession], Any]) -> Callable:
-            """``handler``, then the session's requests still waiting in the queue are cancelled too.
-
-            ``cancels=`` alone only reaches what the browser tab knows about; an API
-            client's waiting request would still run after Stop.
-            """
-
-            async def run(session_state: ChatSession, request: gr.Request):
-                result = handler(session_state)
-                if request.session_hash:
-                    await cancel_waiting(app, request.session_hash, labels.stopped_before_start)
-                return result
-
-            run.__name__ = handler.__name__
-            return reported(run, labels)
-
-        settings = [system_prompt, top_p, temperature, max_new_tokens, repetition_penalty]
-        generating = {"concurrency_limit": 1, "concurrency_id": GENERATE, "show_progress": "minimal"}
-        chat_event = message.submit(
-            reported(controller.chat, labels),
-            [message, session, *settings],
-            [chatbot, message],
-            api_name="chat",
-            **generating,
-        )
-        retry_event = retry.click(
-            reported(controller.retry, labels), [session, *settings], [chatbot], api_name="retry", **generating
-        )
-        running = [chat_event, retry_event]
-        # Light events skip the queue, so Stop works even when the queue is full.
-        stop.click(unqueue(controller.stop), [session], None, api_name="stop", queue=False, cancels=running)
-        delete_last.click(
-            unqueue(controller.delete_last), [session], [chatbot], api_name="delete_last", queue=False, cancels=running
-        )
-        new_conversation.click(
-            unqueue(controller.new_conversation),
-            [session],
-            [chatbot],
-            api_name="new_conversation",
-            queue=False,
-            cancels=running,
-        )
-        # The chat window's own trash button must clear the conversation too, not just the display.
-        chatbot.clear(
-            unqueue(controller.new_conversation),
-            [session],
-            [chatbot],
-            api_visibility="private",
-            queue=False,
-            cancels=running,
-        )
+                settings = settings_panel(labels, defaults)
+        wire_events(app, controller, labels, session, chat, settings)
     # api_open=False: direct POSTs to /run/<api_name> would skip the queue and its concurrency limit.
     app.queue(max_size=limits.queue_size, api_open=False, default_concurrency_limit=1)
     return app
+
+
+@dataclass(frozen=True)
+class ChatColumn:
+    """The conversation, the message box and the buttons under it."""
+
+    chatbot: gr.Chatbot
+    message: gr.MultimodalTextbox
+    stop: gr.Button
+    retry: gr.Button
+    delete_last: gr.Button
+    new_conversation: gr.Button
+
+
+@dataclass(frozen=True)
+class SettingsPanel:
+    """The system prompt and the sampling sliders."""
+
+    system_prompt: gr.Textbox
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_new_tokens: gr.Slider
+    repetition_penalty: gr.Slider
+
+    def inputs(self) -> list[gr.components.Component]:
+        """The settings in the order :meth:`ChatController.chat` and ``retry`` take them."""
+        return [self.system_prompt, self.top_p, self.temperature, self.max_new_tokens, self.repetition_penalty]
+
+
+def page_header(labels: Labels, *, model_name: str, demo: bool) -> None:
+    """Title and introduction, the demo model's notice, and the served model's name."""
+    gr.Markdown(f"# {labels.title}\n{labels.intro}", elem_id="intro")
+    if demo:
+        gr.Markdown(labels.demo_banner, elem_id="demo-banner")
+    if model_name:
+        gr.Markdown(labels.model_line.format(name=model_name), elem_id="model-name")
+
+
+def chat_column(labels: Labels, *, supports_images: bool) -> ChatColumn:
+    """The chat window, the message box (accepting images when the backend does) and the buttons."""
+    chatbot = gr.Chatbot(
+        label=labels.chatbot,
+        elem_id="chatbot",
+        height=520,
+        render_markdown=True,
+        sanitize_html=True,
+        allow_tags=False,
+        feedback_options=None,
+        buttons=["copy"],
+        latex_delimiters=[],
+    )
+    message = gr.MultimodalTextbox(
+        elem_id="message",
+        placeholder=labels.placeholder,
+        show_label=False,
+        file_types=list(ACCEPTED_EXTENSIONS) if supports_images else None,
+        file_count="multiple",
+        sources=["upload"] if supports_images else [],
+        max_lines=12,
+        autofocus=True,
+    )
+    with gr.Row():
+        return ChatColumn(
+            chatbot=chatbot,
+            message=message,
+            stop=gr.Button(labels.stop, elem_id="stop", variant="stop"),
+            retry=gr.Button(labels.retry, elem_id="retry"),
+            delete_last=gr.Button(labels.delete_last, elem_id="delete-last"),
+            new_conversation=gr.Button(labels.new_conversation, elem_id="new-conversation"),
+        )
+
+
+def slider(
+    value_range: tuple[float, float], value: float, *, step: float, label: str, elem_id: str, info: str | None = None
+) -> gr.Slider:
+    """A slider over ``value_range`` (one of the backend's ``*_RANGE`` bounds) starting at ``value``."""
+    return gr.Slider(*value_range, value=value, step=step, label=label, info=info, elem_id=elem_id)
+
+
+def settings_panel(labels: Labels, defaults: GenerationParams) -> SettingsPanel:
+    """The system prompt box and, in an open accordion, the sampling sliders at ``defaults``."""
+    system_prompt = gr.Textbox(
+        value=labels.default_system_prompt,  # called on every page load: today's date
+        label=labels.system_prompt,
+        elem_id="system-prompt",
+        lines=6,
+        max_lines=16,
+    )
+    with gr.Accordion(labels.settings, open=True):
+        return SettingsPanel(
+            system_prompt=system_prompt,
+            temperature=slider(
+                TEMPERATURE_RANGE,
+                defaults.temperature,
+                step=0.05,
+                label=labels.temperature,
+                info=labels.temperature_info,
+                elem_id="temperature",
+            ),
+            top_p=slider(
+                TOP_P_RANGE, defaults.top_p, step=0.01, label=labels.top_p, info=labels.top_p_info, elem_id="top-p"
+            ),
+            max_new_tokens=slider(
+                MAX_NEW_TOKENS_RANGE,
+                defaults.max_new_tokens,
+                step=1,
+                label=labels.max_new_tokens,
+                elem_id="max-new-tokens",
+            ),
+            repetition_penalty=slider(
+                REPETITION_PENALTY_RANGE,
+                defaults.repetition_penalty,
+                step=0.01,
+                label=labels.repetition_penalty,
+                elem_id="repetition-penalty",
+            ),
+        )
+
+
+def unqueued(app: gr.Blocks, handler: Callable[[ChatSession], Any], labels: Labels) -> Callable:
+    """``handler``, then the session's requests still waiting in ``app``'s queue are cancelled too.
+
+    ``cancels=`` alone only reaches what the browser tab knows about; an API
+    client's waiting request would still run after Stop.
+    """
+
+    async def run(session_state: ChatSession, request: gr.Request):
+        result = handler(session_state)
+        if request.session_hash:
+            await cancel_waiting(app, request.session_hash, labels.stopped_before_start)
+        return result
+
+    run.__name__ = handler.__name__
+    return reported(run, labels)
+
+
+def wire_events(
+    app: gr.Blocks,
+    controller: ChatController,
+    labels: Labels,
+    session: gr.State,
+    chat: ChatColumn,
+    settings: SettingsPanel,
+) -> None:
+    """Connect the page's events to ``controller`` under their API names (call inside ``app``'s context)."""
+    inputs = settings.inputs()
+    generating = {"concurrency_limit": 1, "concurrency_id": GENERATE, "show_progress": "minimal"}
+    chat_event = chat.message.submit(
+        reported(controller.chat, labels),
+        [chat.message, session, *inputs],
+        [chat.chatbot, chat.message],
+        api_name="chat",
+        **generating,
+    )
+    retry_event = chat.retry.click(
+        reported(controller.retry, labels), [session, *inputs], [chat.chatbot], api_name="retry", **generating
+    )
+    # Light events skip the queue, so Stop works even when the queue is full.
+    light = {"queue": False, "cancels": [chat_event, retry_event]}
+    chat.stop.click(unqueued(app, controller.stop, labels), [session], None, api_name="stop", **light)
+    chat.delete_last.click(
+        unqueued(app, controller.delete_last, labels), [session], [chat.chatbot], api_name="delete_last", **light
+    )
+    chat.new_conversation.click(
+        unqueued(app, controller.new_conversation, labels),
+        [session],
+        [chat.chatbot],
+        api_name="new_conversation",
+        **light,
+    )
+    # The chat window's own trash button must clear the conversation too, not just the display.
+    chat.chatbot.clear(
+        unqueued(app, controller.new_conversation, labels), [session], [chat.chatbot], api_visibility="private", **light
+    )
