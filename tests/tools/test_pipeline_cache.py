@@ -97,6 +97,17 @@ def test_keys_follow_the_recipe_and_the_training_code(tmp_path):
     assert pipeline_cache.source_digest([code]) == before
 
 
+
+def test_keys_follow_the_sample_data(tmp_path, monkeypatch):
+    # The sample conversations train the tokenizer and stage 1, and live outside the package in a checkout.
+    sample = tmp_path / "data"
+    sample.mkdir()
+    (sample / "sft_sample.json").write_text("[]")
+    monkeypatch.setattr(pipeline_cache, "SAMPLE_DATA", sample)
+    before = pipeline_cache.entry_key(TinyRecipe())
+    (sample / "sft_sample.json").write_text("[{}]")
+    assert pipeline_cache.entry_key(TinyRecipe()) != before
+
 def test_entries_unused_for_a_week_are_removed(trainings, tmp_path):
     entries = tmp_path / "cache" / "tiny-pipeline"
     old, recent = entries / "v0-old", entries / "v0-recent"

@@ -58,3 +58,15 @@ def test_yes_no_data_is_balanced_and_only_the_colour_asked_decides(tmp_path):
     assert all(
         r["conversations"][-1]["value"] == colour_answer(r["truth"]["colour"], r["id"][-2:]) for r in colour_records
     )
+
+
+def test_the_shapes_sample_in_data_is_what_make_shapes_data_writes(tmp_path):
+    # data/shapes is documented as the output of one command: it must not drift from the generator.
+    from repo_helpers import REPO
+
+    write_dataset(tmp_path, num_images=8, seed=7)
+    sample = REPO / "data" / "shapes"
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted(p.relative_to(sample) for p in sample.rglob("*") if p.is_file())
+    for relative in written:
+        assert (tmp_path / relative).read_bytes() == (sample / relative).read_bytes(), relative

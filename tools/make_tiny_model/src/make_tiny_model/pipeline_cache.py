@@ -32,6 +32,7 @@ from filelock import FileLock, Timeout
 from yuren_core.atomic import atomic_directory
 
 from .pipeline import TinyRecipe, TinyRun, train_tiny_yuren
+from .sample_data import SAMPLE_DATA
 
 logger = logging.getLogger("make_tiny_model")
 
@@ -66,6 +67,8 @@ def source_digest(folders: Iterable[Path]) -> str:
 def entry_key(recipe: TinyRecipe) -> str:
     """The cache key of ``recipe``'s run: its key, then a digest of the training code and library versions."""
     folders = [Path(importlib.util.find_spec(name).origin).parent for name in TRAINING_PACKAGES]
+    # The sample conversations train the tokenizer and stage 1; a checkout keeps them outside the package.
+    folders.append(Path(str(SAMPLE_DATA)))
     digest = hashlib.sha256(source_digest(folders).encode())
     for library in TRAINING_LIBRARIES:
         try:
