@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, G
 from transformers.utils import GENERATION_CONFIG_NAME
 
 from .chatml import chat_template
+from .loading_reports import reported_by_the_caller
 from .modeling import YuRenConfig, YuRenForCausalLM
 from .quantized import saved_quantization
 from .upstream import is_upstream_checkpoint, load_upstream
@@ -215,7 +216,9 @@ def load_model(
     if is_upstream_checkpoint(path):
         if dtype is None:
             dtype = torch.float16 if load_8bit else default_dtype()
-        tokenizer = load_tokenizer(path)
+        # transformers has no config class for multimodal_llama and would say so while finding the tokenizer's.
+        with reported_by_the_caller():
+            tokenizer = load_tokenizer(path)
         quantization = quantization_config(load_8bit=load_8bit, load_4bit=load_4bit, dtype=dtype)
         model = load_upstream(path, tokenizer, dtype=dtype, device_map=device_map, quantization_config=quantization)
         model.eval()

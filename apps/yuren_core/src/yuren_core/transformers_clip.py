@@ -27,6 +27,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .loading_reports import reported_by_the_caller
 from .vision import CROP_OFFSET, VisionTower, build_vision_tower, num_patches
 
 # transformers' activation names -> open_clip's quick_gelu flag (open_clip's other choice is exact GELU).
@@ -89,9 +90,11 @@ def load_transformers_clip_vision(identifier: str, *, source: str) -> VisionTowe
         )
 
     try:
-        clip, info = model_class.from_pretrained(
-            identifier, config=vision_config, dtype=torch.float32, output_loading_info=True
-        )
+        # The text half is left out on purpose; the loading info is checked below.
+        with reported_by_the_caller():
+            clip, info = model_class.from_pretrained(
+                identifier, config=vision_config, dtype=torch.float32, output_loading_info=True
+            )
     except (OSError, ValueError, RuntimeError) as error:
         raise ClipTowerError(f"{source} is {identifier!r}, whose vision weights could not be read: {error}") from error
     if info["missing_keys"] or info["mismatched_keys"]:

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from transformers import PretrainedConfig
 from transformers.conversion_mapping import get_model_conversion_mapping
 
+from .loading_reports import reported_by_the_caller
 from .modeling import YuRenConfig, YuRenForCausalLM
 from .transformers_clip import load_transformers_clip_vision, open_clip_state_dict
 from .vision import VisionTower, num_patches, vision_width
@@ -120,16 +121,19 @@ def load_upstream(path: str | PathLike, tokenizer, **from_pretrained_kwargs) -> 
     answer ends at ``<|im_end|>``, padding uses :func:`~yuren_core.vocab.special_ids`'s pad.
     """
     path = str(path)
-    config, tower = upstream_config(path, tokenizer)
-    # Mismatched shapes come back in the loading info, to be reported with the field to fix.
-    model, info = YuRenForCausalLM.from_pretrained(
-        path,
-        config=config,
-        key_mapping=KEY_MAPPING,
-        output_loading_info=True,
-        ignore_mismatched_sizes=True,
-        **from_pretrained_kwargs,
-    )
+    # The tower is filled in below and the loading info checked here: transformers' report would list every
+    # tower weight as MISSING.
+    with reported_by_the_caller():
+        config, tower = upstream_config(path, tokenizer)
+        # Mismatched shapes come back in the loading info, to be reported with the field to fix.
+        model, info = YuRenForCausalLM.from_pretrained(
+            path,
+            config=config,
+            key_mapping=KEY_MAPPING,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **from_pretrained_kwargs,
+        )
     if info["mismatched_keys"]:
         key, saved_shape, model_shape = sorted(info["mismatched_keys"])[0]
         raise ValueError(mismatch_message(path, config, key, tuple(saved_shape), tuple(model_shape)))
