@@ -99,5 +99,7 @@ def test_data_benchmark_smoke(run_benchmark):
         assert results[kind]["growth_exponent"] > 0
     assert all(s["images_checked"] == 8 for s in results["stage3"]["sizes"].values())
     assert all(s["images_checked"] == 0 for s in results["stage1"]["sizes"].values())
-    # An image record is its text plus a 578-token image block.
-    assert results["stage3"]["sizes"]["300"]["tokens"] > results["stage1"]["sizes"]["300"]["tokens"] + 300 * 578
+    # An image record is the same text plus a 578-token image block (the text, cut around the block, may encode
+    # a token or two differently).
+    extra = results["stage3"]["sizes"]["300"]["tokens"] - results["stage1"]["sizes"]["300"]["tokens"]
+    assert abs(extra - 300 * 578) <= 300 * 2
