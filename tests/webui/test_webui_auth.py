@@ -143,3 +143,12 @@ def test_refusing_to_expose_is_immediate():
     assert "--auth-file FILE" in result.stderr
     assert float(result.stdout.split()[-1]) < 1.0  # import to refusal, in the process
     assert elapsed < 3.0  # with the interpreter's start, on a loaded machine
+
+
+def test_credentials_are_read_from_the_environment_as_it_is_when_asked(monkeypatch):
+    # datasets' map(num_proc=...) replaces os.environ with a copy; the credentials must come from the current one.
+    import os
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    monkeypatch.setenv(AUTH_ENV, "alice:correct horse battery")
+    assert resolve_credentials(argv_auth=None, auth_file=None) == ("alice", "correct horse battery")

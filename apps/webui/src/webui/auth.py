@@ -106,9 +106,14 @@ def auth_file_is_private(path: str | PathLike) -> bool:
 
 
 def resolve_credentials(
-    *, argv_auth: str | None, auth_file: str | PathLike | None, environ: Mapping[str, str] = os.environ
+    *, argv_auth: str | None, auth_file: str | PathLike | None, environ: Mapping[str, str] | None = None
 ) -> tuple[str, str] | None:
-    """The credentials from exactly one of ``--auth-file``, ``$YUREN_WEBUI_AUTH`` or ``--auth`` (or ``None``)."""
+    """The credentials from exactly one of ``--auth-file``, ``$YUREN_WEBUI_AUTH`` or ``--auth`` (or ``None``).
+
+    ``environ`` defaults to ``os.environ`` as it is at the call: a default bound at import would keep reading
+    the old mapping after a library replaces ``os.environ`` (``datasets``' ``map(num_proc=...)`` does).
+    """
+    environ = os.environ if environ is None else environ
     sources = {
         "--auth-file": auth_file is not None,
         AUTH_ENV: bool(environ.get(AUTH_ENV)),
