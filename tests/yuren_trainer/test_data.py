@@ -244,12 +244,13 @@ def test_tokenizing_in_two_processes_gives_the_rows_and_stats_of_one(tmp_path, t
     monkeypatch.setattr(data, "BATCH_SIZE", 3)
     monkeypatch.setattr(data, "RECORDS_PER_WORKER", 2)
     unanswered = {"conversations": [{"from": "human", "value": "No answer follows."}]}
-    # Truncated: the answer cut (kept), and the answer cut off entirely (dropped, counted as truncated too).
+    # Truncated: the answer cut, and the answer cut off entirely; both kept, ending on the supervised eos upstream's
+    # truncation forces.
     cut = {"conversations": [{"from": "human", "value": "word " * 5}, {"from": "gpt", "value": "answer " * 120}]}
     cut_off = {"conversations": [{"from": "human", "value": "word " * 40}, {"from": "gpt", "value": "answer " * 40}]}
     path = write_json(tmp_path / "train.json", [*MEMORY_CONVERSATIONS, unanswered, cut, cut_off] * 4)
     in_memory, expected_stats = tokenize(read_conversations(path), tokenizer, max_length=64)
-    assert (expected_stats.kept, expected_stats.dropped_unsupervised, expected_stats.truncated) == (20, 8, 8)
+    assert (expected_stats.kept, expected_stats.dropped_unsupervised, expected_stats.truncated) == (24, 4, 8)
     for packing in (False, True):
         loaded = {}
         for num_proc in (1, 2):
@@ -264,7 +265,7 @@ def test_tokenizing_in_two_processes_gives_the_rows_and_stats_of_one(tmp_path, t
         )
         assert rows == expected
         assert stats == TokenizeStats(**{**asdict(expected_stats), "rows": len(expected["input_ids"])})
-        assert packing == (len(rows["input_ids"]) < 20)
+        assert packing == (len(rows["input_ids"]) < expected_stats.kept)
 
 
 def test_every_conversation_that_cannot_be_tokenized_is_listed(tmp_path, tokenizer):
