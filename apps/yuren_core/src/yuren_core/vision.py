@@ -26,11 +26,12 @@ from typing import Any, BinaryIO
 
 import open_clip
 import torch
-from open_clip.model import _build_vision_tower
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import VisionTransformer
 from PIL import Image, ImageOps
 from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+from .open_clip_compat import as_subclass, build_tower
 
 # 8000 x 8000: far above any photo the tower could use (it sees 224 x 224), far below
 # what a decompression bomb expands to. Pillow's own guard only warns below 2x its limit.
@@ -103,16 +104,11 @@ class PatchFeatureTower(VisionTransformer):
 
 def build_vision_tower(open_clip_config: Mapping[str, Any]) -> PatchFeatureTower:
     """Build a randomly initialised vision tower from the config :func:`load_open_clip_vision` returned."""
-    tower = _build_vision_tower(
-        open_clip_config["embed_dim"],
-        dict(open_clip_config["vision_cfg"]),
-        quick_gelu=open_clip_config.get("quick_gelu", False),
-    )
+    tower = build_tower(open_clip_config)
     _check_supported(tower, "the checkpoint's open_clip_config")
     # open_clip's builder makes a plain VisionTransformer; the subclass only adds a forward, so re-classing the
     # built module keeps open_clip's construction logic (which this module must not copy) and its state dict.
-    tower.__class__ = PatchFeatureTower
-    return tower
+    return as_subclass(tower, PatchFeatureTower)
 
 
 def _check_supported(tower: Any, source: str) -> None:
