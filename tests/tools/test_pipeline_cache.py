@@ -97,7 +97,6 @@ def test_keys_follow_the_recipe_and_the_training_code(tmp_path):
     assert pipeline_cache.source_digest([code]) == before
 
 
-
 def test_keys_follow_the_sample_data(tmp_path, monkeypatch):
     # The sample conversations train the tokenizer and stage 1, and live outside the package in a checkout.
     sample = tmp_path / "data"
@@ -107,6 +106,7 @@ def test_keys_follow_the_sample_data(tmp_path, monkeypatch):
     before = pipeline_cache.entry_key(TinyRecipe())
     (sample / "sft_sample.json").write_text("[{}]")
     assert pipeline_cache.entry_key(TinyRecipe()) != before
+
 
 def test_entries_unused_for_a_week_are_removed(trainings, tmp_path):
     entries = tmp_path / "cache" / "tiny-pipeline"
