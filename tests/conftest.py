@@ -80,8 +80,8 @@ def pytest_collection_finish(session):
         "tiny_pipeline" in getattr(i, "fixturenames", ()) for i in session.items
     ):
         return
-    from make_tiny_model.pipeline import TinyRecipe
-    from make_tiny_model.pipeline_cache import ENTRIES, cached_tiny_yuren, default_cache_dir
+    from make_demo_model.pipeline import TinyRecipe
+    from make_demo_model.pipeline_cache import ENTRIES, cached_tiny_yuren, default_cache_dir
 
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     started = time.monotonic()
@@ -102,11 +102,11 @@ def file_states(root: Path) -> dict[str, tuple[int, int]]:
 def tiny_pipeline():
     """The tiny model trained through stages 1, 2 and 3, from the pipeline cache the demo model shares.
 
-    ``make_tiny_model.pipeline_cache`` (``$YUREN_CACHE_DIR``, default ``~/.cache/yuren``). The tests only read it:
+    ``make_demo_model.pipeline_cache`` (``$YUREN_CACHE_DIR``, default ``~/.cache/yuren``). The tests only read it:
     at the session's end every file must be as it was.
     """
-    from make_tiny_model.pipeline import TinyRecipe
-    from make_tiny_model.pipeline_cache import cached_tiny_yuren
+    from make_demo_model.pipeline import TinyRecipe
+    from make_demo_model.pipeline_cache import cached_tiny_yuren
 
     recipe = TinyRecipe()
     run = cached_tiny_yuren(recipe)

@@ -102,6 +102,12 @@ def test_the_web_ui_depends_on_the_core_and_gradio_only():
     assert sorted(canonicalize_name(Requirement(r).name) for r in webui) == ["gradio", "yuren-core"]
 
 
+def test_the_tiny_model_builder_depends_on_the_core_only():
+    # Random tiny models and shapes data need no trainer; training them is make-demo-model's, a separate tool.
+    tiny = tomllib.loads((REPO / "tools" / "make_tiny_model" / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [canonicalize_name(Requirement(r).name) for r in tiny] == ["yuren-core"]
+
+
 RECIPES = ("text_sft", "clip_sft", "multimodal_sft")
 
 

@@ -1,6 +1,6 @@
 """``make-demo-model``: the web UI's demo model, built once, whole or not at all, rebuilt when the recipe changes.
 
-Training itself is ``make_tiny_model.pipeline.train_tiny_yuren`` (through the pipeline cache the tests share),
+Training itself is ``make_demo_model.pipeline.train_tiny_yuren`` (through the pipeline cache the tests share),
 whose result the trainer tests check (it names the colour of unseen shapes); here a stand-in
 with the same signature writes a small fake stage-3 output.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from make_tiny_model import demo_model as demo
-from make_tiny_model import pipeline_cache
-from make_tiny_model.pipeline import STEPS, TinyRecipe, TinyRun, train_tiny_yuren
+from make_demo_model import demo_model as demo
+from make_demo_model import pipeline_cache
+from make_demo_model.pipeline import STEPS, TinyRecipe, TinyRun, train_tiny_yuren
 
 
 @pytest.fixture

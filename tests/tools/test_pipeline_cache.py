@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from make_tiny_model import pipeline_cache
-from make_tiny_model.pipeline import TinyRecipe, TinyRun
+from make_demo_model import pipeline, pipeline_cache
+from make_demo_model.pipeline import TinyRecipe, TinyRun
+from make_tiny_model import tiny_model
 
 
 @pytest.fixture
@@ -95,6 +96,14 @@ def test_keys_follow_the_recipe_and_the_training_code(tmp_path):
     (code / "sub" / "__pycache__").mkdir()
     (code / "sub" / "__pycache__" / "stage.cpython-312.pyc").write_bytes(b"compiled")
     assert pipeline_cache.source_digest([code]) == before
+
+
+def test_keys_follow_the_code_of_both_tools(monkeypatch):
+    # The pipeline lives in make_demo_model and builds its random base with make_tiny_model: a change to either retrains.
+    digested = []
+    monkeypatch.setattr(pipeline_cache, "source_digest", lambda folders: digested.extend(folders) or "digest")
+    pipeline_cache.entry_key(TinyRecipe())
+    assert {Path(pipeline.__file__).parent, Path(tiny_model.__file__).parent} <= set(digested)
 
 
 def test_keys_follow_the_sample_data(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def test_a_failed_build_says_so(only_path, tmp_path):
 def test_without_the_tools_it_says_what_to_run(only_path, tmp_path):
     with pytest.raises(demo.DemoUnavailable, match="uv run webui.*--model") as error:
         demo.ensure_demo_model(tmp_path / "cache")
-    assert "make-tiny-model" in str(error.value)
+    assert "make-demo-model tool" in str(error.value)
 
 
 def test_the_workspace_installs_the_command_beside_python(monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from make_tiny_model.pipeline import HELD_OUT_SEED, colour_accuracy
+from make_demo_model.pipeline import HELD_OUT_SEED, colour_accuracy
 from make_tiny_model.shapes import COLOURS, write_dataset, yes_no_question
 from yuren_core.chatml import render
 from yuren_core.loading import load_model

@@ -14,7 +14,7 @@ from repo_helpers import PROJECT_DATA, REPO, free_port
 from safetensors.torch import load_file
 from trainer_helpers import CPU_FLAGS, trainer_state, write_json
 
-from make_tiny_model.pipeline import colour_accuracy
+from make_demo_model.pipeline import colour_accuracy
 from make_tiny_model.shapes import COLOURS
 
 pytestmark = pytest.mark.slow

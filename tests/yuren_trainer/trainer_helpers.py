@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from make_tiny_model.pipeline import CPU_FLAGS as PIPELINE_CPU_FLAGS
+from make_demo_model.pipeline import CPU_FLAGS as PIPELINE_CPU_FLAGS
 
 # The flags every CPU run needs (no GPU precision, no logging service), and no progress bars in test output.
 CPU_FLAGS = [*PIPELINE_CPU_FLAGS, "--disable_tqdm", "True"]

@@ -1,4 +1,4 @@
-"""The built-in demo model, got from the ``make-demo-model`` command of the make-tiny-model tool.
+"""The built-in demo model, got from the ``make-demo-model`` command (the make-demo-model tool).
 
 The web UI does not train: building the demo model (the tiny YuRen model
 trained through stages 1-3, cached after the first build) is the tool's job.
@@ -36,7 +36,7 @@ def ensure_demo_model(cache_dir: Path) -> Path:
     command = find_command()
     if command is None:
         raise DemoUnavailable(
-            f"no --model given, and the demo model's builder ({COMMAND}, from the make-tiny-model tool) is not "
+            f"no --model given, and the demo model's builder ({COMMAND}, from the make-demo-model tool) is not "
             "installed here. In a checkout of the YuRen repository run `uv run webui`, which installs the tools "
             f"and builds the demo model on first use (or build it yourself: `uv run {COMMAND} --cache-dir DIR`); "
             "otherwise pass --model with a YuRen checkpoint."

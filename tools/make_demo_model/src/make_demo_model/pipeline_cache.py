@@ -1,14 +1,14 @@
 """The tiny pipeline trained once per machine: one cache shared by the demo model and the tests.
 
-Training the tiny model through stages 1-3 (:func:`~make_tiny_model.pipeline.train_tiny_yuren`) takes minutes on a
+Training the tiny model through stages 1-3 (:func:`~make_demo_model.pipeline.train_tiny_yuren`) takes minutes on a
 CPU, and both the web UI's demo model and the tests' multimodal fixtures need it. :func:`cached_tiny_yuren` trains
 it once per key and keeps the whole run (every stage's output, the tiny base, the shapes data) under
 ``tiny-pipeline/`` in the cache directory: ``$YUREN_CACHE_DIR``, else ``$XDG_CACHE_HOME/yuren``, else
 ``~/.cache/yuren``. Users of an entry only read it.
 
 An entry's key is the recipe's key plus a digest of everything else that decides the result: the source of the
-packages that build and train the model (this tool, yuren_core, yuren_trainer, prepare_base_model) and the versions
-of the libraries they train with. Changed code trains anew rather than reuse a run the code would no longer make.
+packages that build and train the model (this tool, make_tiny_model, yuren_core, yuren_trainer, prepare_base_model)
+and the versions of the libraries they train with. Changed code trains anew rather than reuse a run the code would no longer make.
 
 An entry is trained in a staging directory and renamed into place when complete (:mod:`yuren_core.atomic`), so an
 interrupted build leaves nothing that looks finished; a lock file beside it makes a second builder wait for the
@@ -29,19 +29,19 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from make_tiny_model.sample_data import SAMPLE_DATA
 from yuren_core.atomic import atomic_directory
 
 from .pipeline import TinyRecipe, TinyRun, train_tiny_yuren
-from .sample_data import SAMPLE_DATA
 
-logger = logging.getLogger("make_tiny_model")
+logger = logging.getLogger("make_demo_model")
 
 CACHE_ENV = "YUREN_CACHE_DIR"
 ENTRIES = "tiny-pipeline"
 UNUSED_FOR = 7 * 24 * 3600
 
 # The packages whose code runs in a pipeline build, and the libraries whose versions can change what it trains.
-TRAINING_PACKAGES = ("make_tiny_model", "prepare_base_model", "yuren_core", "yuren_trainer")
+TRAINING_PACKAGES = ("make_demo_model", "make_tiny_model", "prepare_base_model", "yuren_core", "yuren_trainer")
 TRAINING_LIBRARIES = (
     "torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "open_clip_torch", "pillow", "numpy",
 )  # fmt: skip
@@ -86,7 +86,7 @@ def cached_tiny_yuren(
 ) -> TinyRun:
     """The run of ``recipe`` from the cache under ``cache_dir`` (default :func:`default_cache_dir`), trained on a miss.
 
-    ``progress`` is passed to :func:`~make_tiny_model.pipeline.train_tiny_yuren` when training happens.
+    ``progress`` is passed to :func:`~make_demo_model.pipeline.train_tiny_yuren` when training happens.
     """
     entries = Path(cache_dir if cache_dir is not None else default_cache_dir()) / ENTRIES
     target = entries / entry_key(recipe)

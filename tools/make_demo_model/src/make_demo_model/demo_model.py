@@ -1,6 +1,6 @@
 """``make-demo-model``: the web UI's demo model, the tiny YuRen model trained through stages 1-3 on the project's own data.
 
-Built on first use from :func:`make_tiny_model.pipeline_cache.cached_tiny_yuren` (the
+Built on first use from :func:`make_demo_model.pipeline_cache.cached_tiny_yuren` (the
 pipeline the tests prove can see: it names the colour of shapes it has never
 seen and answers whether a shape is of a colour; the tests train it into the same cache, so one machine trains it
 once), then its final model is copied into ``--cache-dir``; the command prints the model's directory as its last line
@@ -27,7 +27,7 @@ from yuren_core.atomic import atomic_directory
 from .pipeline import STEPS, TinyRecipe, TinyRun
 from .pipeline_cache import cached_tiny_yuren, entry_key
 
-logger = logging.getLogger("make_tiny_model")
+logger = logging.getLogger("make_demo_model")
 
 RECIPE = TinyRecipe()
 ENTRY_PREFIX = "model-"

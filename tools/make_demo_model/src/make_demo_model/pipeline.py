@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from .sample_data import sample_conversations
-from .shapes import COLOUR_QUESTIONS, write_dataset, write_yes_no_dataset
-from .tiny_model import main as make_tiny_model
+from make_tiny_model.sample_data import sample_conversations
+from make_tiny_model.shapes import COLOUR_QUESTIONS, write_dataset, write_yes_no_dataset
+from make_tiny_model.tiny_model import main as make_tiny_model
 
 # Bump when the pipeline changes in a way the recipe's values do not show (a changed stage, new data).
 PIPELINE_VERSION = 4
