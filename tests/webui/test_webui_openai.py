@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +23,7 @@ from repo_helpers import free_port
 from webui_helpers import served
 
 from webui.app import Limits, build_app
+from webui.auth import AUTH_ENV
 from webui.backend import GenerationParams, PromptTooLong
 from webui.openai_backend import OpenAIBackend, ServerError, openai_messages, tokenize_url
 
@@ -319,3 +323,46 @@ def test_cli_warns_when_the_server_cannot_count_tokens(fake_openai, monkeypatch,
     err = capsys.readouterr().err
     assert "history goes to" in err and "whole" in err and "/tokenize" in err and "404" in err
     assert [backend.cannot_count_tokens is None for backend in served] == [True, False]
+
+
+# `webui --api_base URL IMAGE` in a fresh process, as the command runs, except that the UI is launched without
+# blocking: one chat with IMAGE goes through it, and the process prints the answer and whether torch was loaded.
+REMOTE_PROBE = """
+import json, sys
+import gradio_client
+import webui.__main__ as cli
+import webui.server
+
+launch = webui.server.serve
+
+def serve_and_chat(app, **settings):
+    _, url, _ = launch(app, **settings, prevent_thread_lock=True, quiet=True)
+    client = gradio_client.Client(url, verbose=False)
+    message = {"text": "what is this?", "files": [gradio_client.handle_file(sys.argv[-1])]}
+    history, _ = client.predict(message, api_name="/chat")
+    print(json.dumps([history[-1]["content"][0]["text"], "torch" in sys.modules]), flush=True)
+    app.close()
+
+webui.server.serve = serve_and_chat
+cli.main(sys.argv[1:-1])
+"""
+
+
+@pytest.mark.slow
+def test_the_ui_over_a_server_never_loads_torch(fake_openai, tmp_path):
+    """Serving and answering over ``--api_base`` leaves torch unloaded: the command starts fast and small."""
+    server = fake_openai(words=3, max_model_len=4096)  # the UI's default max_new_tokens is 512
+    picture = tmp_path / "blue.png"
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(picture)
+    env = {name: value for name, value in os.environ.items() if name != AUTH_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", REMOTE_PROBE, "--api_base", server.url, "--lang", "en", str(picture)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    answer, torch_loaded = json.loads(done.stdout.splitlines()[0])
+    assert answer == "w0 w1 w2 " and torch_loaded is False
+    assert server.requests[-1]["messages"][-1]["content"][0]["type"] == "image_url"  # the upload went through
