@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,8 +23,9 @@ from repo_helpers import free_port
 from webui_helpers import served
 
 from webui.app import Limits, build_app
+from webui.auth import AUTH_ENV
 from webui.backend import GenerationParams, PromptTooLong
-from webui.openai_backend import OpenAIBackend, ServerError, openai_messages, tokenize_url
+from webui.openai_backend import NO_API_KEY, OpenAIBackend, ServerError, openai_messages, tokenize_url
 
 
 def fake_token_count(messages: list[dict]) -> int:
@@ -39,7 +43,9 @@ class FakeOpenAI:
     The answer is ``words`` pieces ``"w0 "``, ``"w1 "``... sent ``delay`` seconds
     apart; ``disconnected`` is set when a client hangs up mid-stream. Tokens are
     counted by :func:`fake_token_count`; with ``tokenize=False`` the server has
-    no ``/tokenize`` (as most servers other than vLLM).
+    no ``/tokenize`` (as most servers other than vLLM). ``refusal`` (status,
+    JSON body) answers every chat request instead; ``failure`` (a JSON body)
+    is sent as an error event after the words, where ``[DONE]`` would be.
     """
 
     def __init__(
@@ -50,9 +56,12 @@ class FakeOpenAI:
         api_key: str | None = None,
         max_model_len: int = 512,
         tokenize: bool = True,
+        refusal: tuple[int, dict] | None = None,
+        failure: dict | None = None,
     ):
         self.words, self.delay, self.api_key = words, delay, api_key
         self.max_model_len, self.tokenize = max_model_len, tokenize
+        self.refusal, self.failure = refusal, failure
         self.tokenize_requests: list[dict] = []
         self.requests: list[dict] = []
         self.headers: list[dict] = []
@@ -64,8 +73,8 @@ class FakeOpenAI:
                 pass
 
             def refuse_without_key(self) -> bool:
-                self.headers_seen = dict(self.headers)
-                fake.headers.append(dict(self.headers))
+                # Header names are case-insensitive (the openai client sends them lower-case): kept lower-cased.
+                fake.headers.append({name.lower(): value for name, value in self.headers.items()})
                 if fake.api_key and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
                     self.reply(401, {"error": {"message": "bad key"}})
                     return True
@@ -97,6 +106,9 @@ class FakeOpenAI:
                     self.reply(200, {"count": count, "max_model_len": fake.max_model_len, "tokens": [0] * count})
                     return
                 fake.requests.append(request)
+                if fake.refusal:
+                    self.reply(*fake.refusal)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
@@ -106,7 +118,8 @@ class FakeOpenAI:
                         self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         self.wfile.flush()
                         time.sleep(fake.delay)
-                    self.wfile.write(b"data: [DONE]\n\n")
+                    end = f"data: {json.dumps(fake.failure)}" if fake.failure else "data: [DONE]"
+                    self.wfile.write(f"{end}\n\n".encode())
                 except (BrokenPipeError, ConnectionResetError):
                     fake.disconnected.set()
 
@@ -185,7 +198,7 @@ def test_backend_streams_sends_settings_and_key(fake_openai):
     assert request["max_tokens"] == 7 and request["temperature"] == 0 and request["repetition_penalty"] == 1.2
     assert "top_p" not in request  # greedy
     assert request["messages"][0]["content"][0] == {"type": "image_url", "image_url": {"url": url}}
-    assert all(h.get("Authorization") == "Bearer k3y" for h in server.headers)
+    assert all(h.get("authorization") == "Bearer k3y" for h in server.headers)
 
     sampled = GenerationParams(max_new_tokens=3, temperature=0.5, top_p=0.8)
     list(backend.stream(messages, [url], sampled, threading.Event()))
@@ -207,6 +220,45 @@ def test_stop_closes_the_stream(fake_openai):
             stop.set()
     assert received == ["w0 ", "w1 ", "w2 "]
     assert server.disconnected.wait(timeout=10)  # the server saw the client go: vLLM aborts the request then
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "prompt too long for this model", "type": "BadRequestError", "code": 400}},
+        {"object": "error", "message": "prompt too long for this model", "type": "BadRequestError", "code": 400},
+    ],
+    ids=["error-object", "flat"],  # vLLM's newer and older shapes
+)
+def test_a_refused_chat_is_a_server_error_with_the_status_and_the_servers_words(fake_openai, body):
+    server = fake_openai(refusal=(400, body))
+    backend = OpenAIBackend(server.url)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "go"}]}]
+    with pytest.raises(ServerError, match=r"/v1/chat/completions answered 400: prompt too long for this model$"):
+        list(backend.stream(messages, [], GenerationParams(max_new_tokens=5), threading.Event()))
+
+
+def test_an_error_in_the_middle_of_the_answer_is_a_server_error(fake_openai):
+    server = fake_openai(words=2, failure={"error": {"message": "engine died", "type": "InternalServerError"}})
+    backend = OpenAIBackend(server.url)
+    received = []
+    messages = [{"role": "user", "content": [{"type": "text", "text": "go"}]}]
+    with pytest.raises(ServerError, match="failed while answering: engine died"):
+        for piece in backend.stream(messages, [], GenerationParams(max_new_tokens=5), threading.Event()):
+            received.append(piece)
+    assert received == ["w0 ", "w1 "]
+
+
+def test_the_environments_openai_account_is_not_sent_to_the_server(fake_openai, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-the-users-own")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-the-users-own")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-the-users-own")
+    server = fake_openai(words=1)
+    backend = OpenAIBackend(server.url)
+    list(backend.stream([{"role": "user", "content": "hi"}], [], GenerationParams(max_new_tokens=1), threading.Event()))
+    assert server.requests and server.tokenize_requests  # the chat and the token counts went out, all checked below
+    assert all(h.get("authorization") == f"Bearer {NO_API_KEY}" for h in server.headers)
+    assert not any("the-users-own" in value for h in server.headers for value in h.values())
 
 
 def long_conversation() -> tuple[list[dict], list[str]]:
@@ -301,10 +353,14 @@ def test_cli_refuses_a_key_file_without_api_base(tmp_path, capsys):
 def test_cli_reports_an_unreachable_server(capsys):
     from webui.__main__ import main
 
+    port = free_port()
     with pytest.raises(SystemExit) as exit_info:
-        main(["--api_base", f"http://127.0.0.1:{free_port()}/v1"])
+        main(["--api_base", f"http://127.0.0.1:{port}/v1"])
     assert exit_info.value.code == 2
-    assert "cannot reach the server" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # What was tried and why it failed, not the client's bare "Connection error."
+    assert "cannot reach the server" in err and f"cannot connect to http://127.0.0.1:{port}/v1/models" in err
+    assert "refused" in err
 
 
 def test_cli_warns_when_the_server_cannot_count_tokens(fake_openai, monkeypatch, capsys):
@@ -319,3 +375,46 @@ def test_cli_warns_when_the_server_cannot_count_tokens(fake_openai, monkeypatch,
     err = capsys.readouterr().err
     assert "history goes to" in err and "whole" in err and "/tokenize" in err and "404" in err
     assert [backend.cannot_count_tokens is None for backend in served] == [True, False]
+
+
+# `webui --api_base URL IMAGE` in a fresh process, as the command runs, except that the UI is launched without
+# blocking: one chat with IMAGE goes through it, and the process prints the answer and whether torch was loaded.
+REMOTE_PROBE = """
+import json, sys
+import gradio_client
+import webui.__main__ as cli
+import webui.server
+
+launch = webui.server.serve
+
+def serve_and_chat(app, **settings):
+    _, url, _ = launch(app, **settings, prevent_thread_lock=True, quiet=True)
+    client = gradio_client.Client(url, verbose=False)
+    message = {"text": "what is this?", "files": [gradio_client.handle_file(sys.argv[-1])]}
+    history, _ = client.predict(message, api_name="/chat")
+    print(json.dumps([history[-1]["content"][0]["text"], "torch" in sys.modules]), flush=True)
+    app.close()
+
+webui.server.serve = serve_and_chat
+cli.main(sys.argv[1:-1])
+"""
+
+
+@pytest.mark.slow
+def test_the_ui_over_a_server_never_loads_torch(fake_openai, tmp_path):
+    """Serving and answering over ``--api_base`` leaves torch unloaded: the command starts fast and small."""
+    server = fake_openai(words=3, max_model_len=4096)  # the UI's default max_new_tokens is 512
+    picture = tmp_path / "blue.png"
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(picture)
+    env = {name: value for name, value in os.environ.items() if name != AUTH_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", REMOTE_PROBE, "--api_base", server.url, "--lang", "en", str(picture)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    answer, torch_loaded = json.loads(done.stdout.splitlines()[0])
+    assert answer == "w0 w1 w2 " and torch_loaded is False
+    assert server.requests[-1]["messages"][-1]["content"][0]["type"] == "image_url"  # the upload went through

@@ -7,13 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from yuren_core.vision import (
-    ImageProcessor,
-    ImageTooLargeError,
-    load_open_clip_vision,
-    num_patches,
-    open_image,
-)
+from yuren_core.images import ImageTooLargeError, open_image
+from yuren_core.vision import ImageProcessor, load_open_clip_vision, num_patches
 
 SIZE = 32
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)

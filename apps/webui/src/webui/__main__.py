@@ -348,8 +348,6 @@ def serve_backend(
 
 def serve_remote(args: argparse.Namespace, auth: tuple[str, str] | None) -> None:
     """Serve the UI over the OpenAI-compatible server ``args.api_base``, behind ``auth`` if given."""
-    import httpx
-
     from .openai_backend import OpenAIBackend, ServerError
 
     api_key = None
@@ -360,7 +358,7 @@ def serve_remote(args: argparse.Namespace, auth: tuple[str, str] | None) -> None
             fail("webui", f"cannot read --api_key_file {args.api_key_file}: {error.strerror}")
     try:
         backend = OpenAIBackend(args.api_base, api_key=api_key, model=args.model, image_position=args.image_position)
-    except (ServerError, httpx.HTTPError) as error:
+    except ServerError as error:
         fail("webui", f"cannot reach the server at {args.api_base}: {error}")
     if backend.cannot_count_tokens:
         print(

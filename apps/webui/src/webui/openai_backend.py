@@ -2,7 +2,7 @@
 
 The UI keeps its features (streaming, Stop, retry, images, history) while the
 model runs elsewhere, batched and sharded as that server likes. Messages go out
-as ``/v1/chat/completions`` requests with ``stream: true``; images as ``data:``
+through the ``openai`` client as streamed chat completions; images as ``data:``
 URLs in ``image_url`` parts, in the place the UI's role/content messages put
 them, so a server using YuRen's chat template renders what
 :func:`yuren_core.chatml.render` would. Stop closes the HTTP stream, which makes
@@ -12,19 +12,21 @@ History is fitted to the context as the local backend fits it, with the
 server counting the tokens: vLLM's ``POST /tokenize`` renders chat messages
 (images expanded) through the served chat template. A server without that
 endpoint gets the whole history, and refuses it once it outgrows the context;
-:attr:`OpenAIBackend.cannot_count_tokens` says why.
+:attr:`OpenAIBackend.cannot_count_tokens` says why. That endpoint is no part of
+OpenAI's API: it is posted with the client's own ``post``, so key, timeout and
+errors are the same as for the chat.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
-import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import httpx
+import openai
 from PIL import Image
 
 from .backend import GenerationParams, PromptTooLong, drop_oldest_to_fit, split_system
@@ -32,9 +34,34 @@ from .backend import GenerationParams, PromptTooLong, drop_oldest_to_fit, split_
 # Used when the server does not say (vLLM reports max_model_len in /v1/models).
 DEFAULT_CONTEXT_LENGTH = 4096
 
+# The key sent to a server that asks for none (vLLM's documented stand-in): the client insists on one, and would
+# otherwise take OPENAI_API_KEY from the environment and hand the user's OpenAI key to whatever server this is.
+NO_API_KEY = "EMPTY"
+
+# Headers the client fills from the environment (OPENAI_ORG_ID, OPENAI_PROJECT_ID): the user's OpenAI account is
+# none of this server's business, so they are left out.
+ACCOUNT_HEADERS = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}
+
 
 class ServerError(RuntimeError):
     """The server refused or failed a request; the message carries its status and what it said."""
+
+
+@contextlib.contextmanager
+def server_errors() -> Iterator[None]:
+    """Within the block, the ``openai`` client's errors become :class:`ServerError`, naming the URL and status."""
+    try:
+        yield
+    except openai.APIStatusError as error:
+        body = error.body
+        message = body.get("message") if isinstance(body, Mapping) else None
+        detail = message if isinstance(message, str) and message else error.response.text
+        raise ServerError(f"{error.request.url} answered {error.status_code}: {detail[:500]}") from error
+    except openai.APIConnectionError as error:
+        cause = error.__cause__ or error
+        raise ServerError(f"cannot connect to {error.request.url}: {cause}") from error
+    except openai.APIError as error:  # an error event in the middle of a streamed answer
+        raise ServerError(f"the server failed while answering: {error.message}") from error
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -90,7 +117,7 @@ class OpenAIBackend:
     is the served checkpoint's (its config's ``image_position``): the UI places
     images by it, and the server's chat template keeps them where they are sent.
     Requests run concurrently (the server batches them); each is one streamed
-    HTTP request.
+    HTTP request. Failures are not retried: the UI's Retry is the user's to press.
     """
 
     def __init__(
@@ -104,11 +131,18 @@ class OpenAIBackend:
         timeout: float = 600.0,
     ):
         self.image_position = image_position
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=api_base.rstrip("/") + "/", headers=headers, timeout=timeout)
+        self.client = openai.OpenAI(
+            base_url=api_base.rstrip("/"),
+            api_key=api_key or NO_API_KEY,
+            default_headers=ACCOUNT_HEADERS,
+            timeout=timeout,
+            max_retries=0,
+        )
         listed = None if model and context_length else self._first_model()
-        self.model = model or listed["id"]
-        self._context_length = context_length or (listed or {}).get("max_model_len") or DEFAULT_CONTEXT_LENGTH
+        self.model = model or listed.id
+        # max_model_len is vLLM's, beyond OpenAI's fields; the client keeps such fields in model_extra.
+        server_length = (listed.model_extra or {}).get("max_model_len") if listed else None
+        self._context_length = context_length or server_length or DEFAULT_CONTEXT_LENGTH
         self.tokenize_url = tokenize_url(api_base)
         self.cannot_count_tokens = self._probe_token_count()
 
@@ -116,26 +150,16 @@ class OpenAIBackend:
         """``None`` when the server counts chat tokens at :attr:`tokenize_url`, else why it does not."""
         try:
             self.count_tokens([{"role": "user", "content": "hello"}], [])
-        except (ServerError, httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+        except (ServerError, ValueError, KeyError, TypeError) as error:
             return f"it does not count chat tokens at POST {self.tokenize_url} ({str(error)[:200] or type(error).__name__})"
         return None
 
-    def _first_model(self) -> dict:
-        response = self._checked(self.client.get("models"))
-        models = response.json().get("data") or []
+    def _first_model(self) -> openai.types.Model:
+        with server_errors():
+            models = self.client.models.list().data
         if not models:
             raise ServerError(f"{self.client.base_url}models lists no model to talk to")
         return models[0]
-
-    def _checked(self, response: httpx.Response) -> httpx.Response:
-        if response.is_success:
-            return response
-        response.read()
-        try:
-            detail = response.json().get("error", {}).get("message") or response.text
-        except (ValueError, AttributeError):
-            detail = response.text
-        raise ServerError(f"{response.request.url} answered {response.status_code}: {detail[:500]}")
 
     @property
     def context_length(self) -> int:
@@ -153,7 +177,8 @@ class OpenAIBackend:
     def count_tokens(self, messages: Sequence[Mapping], images: Sequence[str]) -> int:
         """Tokens of the prompt the server renders ``messages`` to (generation prompt and image blocks included)."""
         body = {"model": self.model, "messages": openai_messages(messages, images), "add_generation_prompt": True}
-        count = self._checked(self.client.post(self.tokenize_url, json=body)).json()["count"]
+        with server_errors():
+            count = self.client.post(self.tokenize_url, cast_to=dict, body=body)["count"]
         if not isinstance(count, int):
             raise ValueError(f"the token count is {count!r}, not a whole number")
         return count
@@ -183,20 +208,22 @@ class OpenAIBackend:
         _, dropped = self._fit(messages[len(system) :], images[count_images(system) :], self.context_length - 1)
         return dropped
 
-    def request_body(self, messages: Sequence[Mapping], images: Sequence[str], params: GenerationParams) -> dict:
-        """The ``/v1/chat/completions`` body for ``messages`` with ``params`` (streaming)."""
-        body: dict[str, Any] = {
+    def completion_arguments(
+        self, messages: Sequence[Mapping], images: Sequence[str], params: GenerationParams
+    ) -> dict[str, Any]:
+        """The ``chat.completions.create`` arguments for ``messages`` with ``params`` (streamed)."""
+        arguments: dict[str, Any] = {
             "model": self.model,
             "messages": openai_messages(messages, images),
             "stream": True,
             "max_tokens": int(params.max_new_tokens),
             "temperature": float(params.temperature),
             # Not in OpenAI's API; vLLM and most self-hosted servers read it, OpenAI's own rejects it.
-            "repetition_penalty": float(params.repetition_penalty),
+            "extra_body": {"repetition_penalty": float(params.repetition_penalty)},
         }
         if not params.greedy:
-            body["top_p"] = float(params.top_p)
-        return body
+            arguments["top_p"] = float(params.top_p)
+        return arguments
 
     def stream(
         self,
@@ -216,24 +243,16 @@ class OpenAIBackend:
             (messages, images, tokens), _ = self._fit(messages, images, budget)
             if tokens > budget:
                 raise PromptTooLong(tokens, int(params.max_new_tokens), self.context_length)
-        body = self.request_body(messages, images, params)
-        with self.client.stream("POST", "chat/completions", json=body) as response:
-            self._checked(response)
-            for line in response.iter_lines():
-                if stop_event.is_set():
-                    return
-                if not line.startswith("data:"):
-                    continue
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
-                    return
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise ServerError(f"the server failed while answering: {chunk['error']}")
-                for choice in chunk.get("choices", []):
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
-                        yield piece
+        arguments = self.completion_arguments(messages, images, params)
+        with server_errors():
+            # Leaving the block closes the stream, on Stop too: the server sees the client hang up and aborts.
+            with self.client.chat.completions.create(**arguments) as chunks:
+                for chunk in chunks:
+                    if stop_event.is_set():
+                        return
+                    for choice in chunk.choices:
+                        if choice.delta and choice.delta.content:
+                            yield choice.delta.content
 
     def close(self) -> None:
         self.client.close()

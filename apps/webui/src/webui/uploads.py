@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from yuren_core.vision import ImageTooLargeError, check_pixel_limit
+from yuren_core.images import ImageTooLargeError, check_pixel_limit
 
 logger = logging.getLogger(__name__)
 

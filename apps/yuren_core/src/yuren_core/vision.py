@@ -11,18 +11,18 @@ Two halves:
   transparent images, grayscale scans, rotated phone photos) into the tensor the
   tower expects. Trainer and web UI both build it from the checkpoint
   (:meth:`ImageProcessor.from_pretrained`), so they preprocess identically.
+  The pixel limit it checks first is :mod:`yuren_core.images`' (torch-free).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import open_clip
 import torch
@@ -31,18 +31,8 @@ from open_clip.transformer import VisionTransformer
 from PIL import Image, ImageOps
 from torchvision.transforms import Compose, InterpolationMode, Normalize, Resize, ToTensor
 
+from .images import DEFAULT_MAX_PIXELS, ImageSource, open_image
 from .open_clip_compat import as_subclass, build_tower
-
-# 8000 x 8000: far above any photo the tower could use (it sees 224 x 224), far below
-# what a decompression bomb expands to. Pillow's own guard only warns below 2x its limit.
-DEFAULT_MAX_PIXELS = 64_000_000
-
-
-ImageSource = Image.Image | str | PathLike | bytes | BinaryIO
-
-
-class ImageTooLargeError(ValueError):
-    """An image has more pixels than the processor accepts (likely a decompression bomb)."""
 
 
 @dataclass(frozen=True)
@@ -137,36 +127,6 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
         return value, value
     height, width = value
     return int(height), int(width)
-
-
-def open_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open an image from a path, bytes or file object (or pass a PIL image through), checking its size first.
-
-    The size is read from the header before any pixel is decoded, so an
-    oversized image is rejected without the memory it would take.
-    """
-    if isinstance(source, Image.Image):
-        check_pixel_limit(source, max_pixels)
-        return source
-    name = str(source) if isinstance(source, (str, PathLike)) else "the uploaded image"
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    try:
-        image = Image.open(stream)
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"{name} is too large to process: {error}") from error
-    check_pixel_limit(image, max_pixels, name=name)
-    image.load()
-    return image
-
-
-def check_pixel_limit(image: Image.Image, max_pixels: int, *, name: str = "the image") -> None:
-    """Raise :class:`ImageTooLargeError` if ``image`` has more than ``max_pixels`` pixels."""
-    pixels = image.width * image.height
-    if pixels > max_pixels:
-        raise ImageTooLargeError(
-            f"{name} is {image.width}x{image.height} = {pixels:,} pixels, more than the limit of {max_pixels:,}; "
-            "downscale it first (or raise max_pixels if you trust the source)"
-        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

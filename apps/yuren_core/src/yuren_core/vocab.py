@@ -5,6 +5,10 @@ The base (Baichuan-7B in LLaMA layout) knows none of the ChatML or image tokens.
 (faster matmuls under tensor parallelism) and starts every new row at the mean
 of the trained rows, so the new tokens begin as an "average" token instead of
 noise that would dominate the first steps of training.
+
+torch, and transformers' tokenizer classes (which load it), are imported in
+the functions that use them: the token ids, and the ChatML renderer built on
+them, also serve the web UI over a remote server, which needs no torch.
 """
 
 from __future__ import annotations
@@ -12,10 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken
-from transformers import AutoTokenizer
 from transformers.utils import cached_file
 
 from .constants import (
@@ -54,6 +56,8 @@ def load_tokenizer(path: str):
     prefix even where the model (Baichuan-7B's) has none, and every text piece
     would start with a token the model never saw there.
     """
+    from transformers import AutoTokenizer  # here, not with the module: it loads torch
+
     kwargs = {}
     if cached_file(path, "tokenizer.json", _raise_exceptions_for_missing_entries=False) is None:
         model_file = cached_file(path, "tokenizer.model", _raise_exceptions_for_missing_entries=False)
@@ -123,7 +127,6 @@ def padded_vocab_size(num_tokens: int, multiple: int = VOCAB_MULTIPLE) -> int:
     return -(-num_tokens // multiple) * multiple
 
 
-@torch.no_grad()
 def extend_vocabulary(model, tokenizer, multiple: int = VOCAB_MULTIPLE) -> int:
     """Add the special tokens to ``tokenizer`` and grow ``model``'s embeddings to match.
 
@@ -132,21 +135,24 @@ def extend_vocabulary(model, tokenizer, multiple: int = VOCAB_MULTIPLE) -> int:
     untied output head. Running it again changes nothing. Returns the number of
     tokens added.
     """
+    import torch
+
     base_tokens = len(tokenizer)
     added = extend_tokenizer(tokenizer)
     old_rows = model.get_input_embeddings().weight.shape[0]
     new_rows = padded_vocab_size(max(len(tokenizer), old_rows), multiple)
-    if new_rows != old_rows:
-        model.resize_token_embeddings(new_rows, mean_resizing=False)
-    if added or new_rows != old_rows:
-        # Everything from the first id the base tokenizer did not use is "new".
-        first_new = min(base_tokens, old_rows)
-        matrices = [model.get_input_embeddings().weight]
-        output = model.get_output_embeddings()
-        if output is not None and output.weight is not matrices[0]:
-            matrices.append(output.weight)
-        for weight in matrices:
-            weight[first_new:] = weight[:first_new].mean(dim=0, keepdim=True)
+    with torch.no_grad():
+        if new_rows != old_rows:
+            model.resize_token_embeddings(new_rows, mean_resizing=False)
+        if added or new_rows != old_rows:
+            # Everything from the first id the base tokenizer did not use is "new".
+            first_new = min(base_tokens, old_rows)
+            matrices = [model.get_input_embeddings().weight]
+            output = model.get_output_embeddings()
+            if output is not None and output.weight is not matrices[0]:
+                matrices.append(output.weight)
+            for weight in matrices:
+                weight[first_new:] = weight[:first_new].mean(dim=0, keepdim=True)
 
     config = model.config
     config.vocab_size = new_rows

@@ -28,7 +28,7 @@ from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_availa
 
 from yuren_core.cli import exit_on
 from yuren_core.constants import DEFAULT_CLIP_MODEL
-from yuren_core.vision import DEFAULT_MAX_PIXELS
+from yuren_core.images import DEFAULT_MAX_PIXELS
 
 from . import distributed
 
