@@ -149,7 +149,8 @@ class Worker:
         self.process.wait(timeout=60)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (a worker's too), with ``--smoke``'s counts put in."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=9, help="timed answers per way")
@@ -160,48 +161,55 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--worker", choices=sorted(WORKER_FLAGS.values()), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        worker(args.worker, args.checkpoint, args.new_tokens, args.threads)
-        return {}
-    size = {"hidden_size": 512, "intermediate_size": 1376, "num_layers": 4, "num_heads": 8}
     if args.smoke:
-        size = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}
         args.new_tokens, args.repeats = 16, 2
+    return args
 
-    with tempfile.TemporaryDirectory(prefix="yuren-as-served-") as workdir:
-        import torch
-        import transformers
 
-        transformers.logging.set_verbosity_error()
-        torch.manual_seed(0)
-        # Saved in bf16 as upstream's released checkpoint; each way loads it in fp32 on a CPU (load_model's default).
-        checkpoint = build_fused(Path(workdir), **size, dtype=torch.bfloat16)
-        workers = {way: Worker(way, checkpoint, args.new_tokens, args.threads) for way in WORKER_FLAGS}
-        try:
-            texts = {way: run("greedy")["text"] for way, run in workers.items()}
-            if len(set(texts.values())) != 1:
-                raise AssertionError(f"greedy answers differ between the ways: {texts}")
-            for run in workers.values():
-                run("run")  # warm-up
-            runs: dict[str, list[dict]] = {way: [] for way in workers}
-            with busy_processes(args.load):
-                for round_index in range(args.repeats):
-                    order = list(workers)[round_index % 2 :] + list(workers)[: round_index % 2]
-                    for way in order:
-                        runs[way].append(workers[way]("run"))
-        finally:
-            for run in workers.values():
-                run.close()
+def model_size(smoke: bool) -> dict[str, int]:
+    """``build_fused``'s size arguments: the model ``generation.py`` times, or a tiny one."""
+    if smoke:
+        return {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}
+    return {"hidden_size": 512, "intermediate_size": 1376, "num_layers": 4, "num_heads": 8}
 
-    summary = {
+
+def time_ways(checkpoint: Path, args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Each way's timed answers from its own worker process, after both gave the same greedy text and warmed up.
+
+    Runs alternate between the workers, each round starting with the other.
+    """
+    workers = {way: Worker(way, checkpoint, args.new_tokens, args.threads) for way in WORKER_FLAGS}
+    try:
+        texts = {way: run("greedy")["text"] for way, run in workers.items()}
+        if len(set(texts.values())) != 1:
+            raise AssertionError(f"greedy answers differ between the ways: {texts}")
+        for run in workers.values():
+            run("run")  # warm-up
+        runs: dict[str, list[dict]] = {way: [] for way in workers}
+        with busy_processes(args.load):
+            for round_index in range(args.repeats):
+                order = list(workers)[round_index % 2 :] + list(workers)[: round_index % 2]
+                for way in order:
+                    runs[way].append(workers[way]("run"))
+        return runs
+    finally:
+        for run in workers.values():
+            run.close()
+
+
+def summarize(runs: dict[str, list[dict]], new_tokens: int) -> dict[str, dict[str, float]]:
+    """Each way's median TTFT (ms) and tokens/s."""
+    return {
         way: {
             "ttft_ms": round(median([r["ttft"] for r in results]) * 1e3, 3),
-            "tokens_per_s": round(median([args.new_tokens / r["total"] for r in results]), 3),
+            "tokens_per_s": round(median([new_tokens / r["total"] for r in results]), 3),
         }
         for way, results in runs.items()
     }
-    speedup = summary[WEB_UI]["tokens_per_s"] / summary[UPSTREAM]["tokens_per_s"]
-    ttft_ratio = summary[UPSTREAM]["ttft_ms"] / summary[WEB_UI]["ttft_ms"]
+
+
+def print_summary(args: argparse.Namespace, summary: dict[str, dict[str, float]]) -> None:
+    """The table of each way's TTFT and tokens/s, against upstream's."""
     print_table(
         f"As served (anyio worker threads drive each answer), {args.new_tokens} new tokens, "
         f"{args.threads or 'default'} threads, {args.load} busy processes beside; median of {args.repeats}",
@@ -211,6 +219,29 @@ def main(argv: list[str] | None = None) -> dict:
             for way, s in summary.items()
         ],
     )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Time both ways as served, print the table, write the record; returns its results (a worker returns ``{}``)."""
+    args = parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.checkpoint, args.new_tokens, args.threads)
+        return {}
+    size = model_size(args.smoke)
+    with tempfile.TemporaryDirectory(prefix="yuren-as-served-") as workdir:
+        import torch
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        torch.manual_seed(0)
+        # Saved in bf16 as upstream's released checkpoint; each way loads it in fp32 on a CPU (load_model's default).
+        checkpoint = build_fused(Path(workdir), **size, dtype=torch.bfloat16)
+        runs = time_ways(checkpoint, args)
+
+    summary = summarize(runs, args.new_tokens)
+    speedup = summary[WEB_UI]["tokens_per_s"] / summary[UPSTREAM]["tokens_per_s"]
+    ttft_ratio = summary[UPSTREAM]["ttft_ms"] / summary[WEB_UI]["ttft_ms"]
+    print_summary(args, summary)
     results = {
         "new_tokens": args.new_tokens,
         "ways": summary,

@@ -188,7 +188,8 @@ def growth_exponent(sizes: list[int], seconds: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (a measuring process's too), with ``--smoke``'s sizes put in."""
     from yuren_trainer.data import default_num_workers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -203,35 +204,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.measure:
-        measure(args)
-        return
     if args.smoke:
         args.sizes = [300, 600]
+    return args
 
-    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-        work = Path(work)
-        tokenizer = build_prepared_base(work / "model", hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
-        results: dict[str, dict] = {}
-        for kind in args.kinds:
-            image = kind == "stage3"
-            per_size = {}
-            for size in args.sizes:
-                folder = work / f"{kind}-{size}"
-                folder.mkdir()
-                path = write_data(folder / "data.json", size, image=image)
-                per_size[size] = run_one(path, tokenizer, args, image_seq_len=args.image_seq_len if image else None)
-                per_size[size]["file_mib"] = path.stat().st_size / 2**20
-                path.unlink()
-                print(f"{kind} {size}: {json.dumps(per_size[size])}", flush=True)
-            sizes = sorted(per_size)
-            results[kind] = {
-                "sizes": {str(s): per_size[s] for s in sizes},
-                "growth_exponent": growth_exponent(sizes, [per_size[s]["seconds"] for s in sizes]),
-                "peak_rss_ratio_largest_to_smallest": per_size[sizes[-1]]["peak_rss_mib"]
-                / per_size[sizes[0]]["peak_rss_mib"],
-            }
 
+def measure_kind(work: Path, tokenizer: Path, kind: str, args: argparse.Namespace) -> dict:
+    """Each size's measurement of one kind of file (each printed as it comes), its growth exponent and peak ratio."""
+    image = kind == "stage3"
+    per_size = {}
+    for size in args.sizes:
+        folder = work / f"{kind}-{size}"
+        folder.mkdir()
+        path = write_data(folder / "data.json", size, image=image)
+        per_size[size] = run_one(path, tokenizer, args, image_seq_len=args.image_seq_len if image else None)
+        per_size[size]["file_mib"] = path.stat().st_size / 2**20
+        path.unlink()
+        print(f"{kind} {size}: {json.dumps(per_size[size])}", flush=True)
+    sizes = sorted(per_size)
+    return {
+        "sizes": {str(s): per_size[s] for s in sizes},
+        "growth_exponent": growth_exponent(sizes, [per_size[s]["seconds"] for s in sizes]),
+        "peak_rss_ratio_largest_to_smallest": per_size[sizes[-1]]["peak_rss_mib"] / per_size[sizes[0]]["peak_rss_mib"],
+    }
+
+
+def print_results(results: dict[str, dict], workers: int) -> None:
+    """The table of every kind and size, then each kind's growth exponent and peak ratio."""
     rows = [
         [
             kind,
@@ -246,16 +245,21 @@ def main(argv: list[str] | None = None) -> None:
         for size, r in result["sizes"].items()
     ]
     print_table(
-        f"read + check + tokenize, {args.workers} workers",
+        f"read + check + tokenize, {workers} workers",
         ["kind", "records", "MiB", "seconds", "records/s", "records/CPU-s", "peak RSS MiB"],
         rows,
     )
-    targets = []
     for kind, result in results.items():
         print(
             f"{kind}: growth exponent {result['growth_exponent']:.3f}, "
             f"peak RSS ratio {result['peak_rss_ratio_largest_to_smallest']:.2f}"
         )
+
+
+def targets_of(results: dict[str, dict]) -> list[dict]:
+    """Each kind's growth exponent and peak ratio targets; stage1's slowest conversations per CPU-second."""
+    targets = []
+    for kind, result in results.items():
         targets.append(target(f"{kind} growth exponent", result["growth_exponent"], 1.1, at_most=True))
         targets.append(
             target(f"{kind} peak RSS largest/smallest", result["peak_rss_ratio_largest_to_smallest"], 1.5, at_most=True)
@@ -263,6 +267,20 @@ def main(argv: list[str] | None = None) -> None:
     if "stage1" in results:
         slowest = min(r["records_per_cpu_s"] for r in results["stage1"]["sizes"].values())
         targets.append(target("stage1 conversations per CPU-second", slowest, 2000))
+    return targets
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure every kind at every size, print the table, write the record (or, with ``--measure``, measure one file)."""
+    args = parse_args(argv)
+    if args.measure:
+        measure(args)
+        return
+    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        work = Path(work)
+        tokenizer = build_prepared_base(work / "model", hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+        results = {kind: measure_kind(work, tokenizer, kind, args) for kind in args.kinds}
+    print_results(results, args.workers)
     settings = {
         "sizes": args.sizes,
         "workers": args.workers,
@@ -272,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         "smoke": args.smoke,
         "load_average": list(psutil.getloadavg()),
     }
-    write_record("data", args.output, settings, {**results, "targets": targets})
+    write_record("data", args.output, settings, {**results, "targets": targets_of(results)})
 
 
 if __name__ == "__main__":

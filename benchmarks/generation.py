@@ -68,7 +68,7 @@ import pstats
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -266,7 +266,17 @@ def where_time_goes(run, new_tokens: int, limit: int = 8) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+# The ways' names, as the tables and the record give them.
+UPSTREAM, WEB_UI, BEFORE, COMPILED = (
+    "upstream loop",
+    "web UI (ModelBackend.stream)",
+    "web UI before (generate)",
+    "web UI, --compile",
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with ``--smoke``'s tiny model and counts put in."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=512)
@@ -285,119 +295,159 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.new_tokens, args.hidden, args.intermediate, args.layers, args.heads, args.repeats = 16, 32, 64, 1, 2, 2
         args.ttft_repeats = 3
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
+    return args
 
-    compute = ComputeThread()
-    with tempfile.TemporaryDirectory(prefix="yuren-generation-") as workdir:
-        checkpoint = compute.call(
-            build_fused,
-            Path(workdir),
-            hidden_size=args.hidden,
-            intermediate_size=args.intermediate,
-            num_layers=args.layers,
-            num_heads=args.heads,
-            dtype=torch.bfloat16,  # as upstream's released checkpoint; loaded in fp32 on a CPU, as the web UI does
-        )
-        model, tokenizer, image_processor = compute.call(load_model, checkpoint)
-    backend = ModelBackend(model, tokenizer, image_processor, compute=compute)
-    compute.call(suppress_end_of_turn, model, backend.eos_token_id)
 
-    image = backend.prepare_image(Image.new("RGB", (640, 480), (200, 120, 40)))
-    messages = [{"role": "user", "content": user_content(QUESTION, 1, backend.image_position)}]
-    sampling = GenerationParams(max_new_tokens=args.new_tokens)
-    greedy = GenerationParams(max_new_tokens=args.new_tokens, temperature=0.0)
-    prompt = backend.build_prompt(messages, [image], args.new_tokens)
+class Ways:
+    """The model on the web UI's compute thread, the prompt every way answers, and each way of answering it.
 
-    def web_ui_stream(params, server=backend):
-        return server.stream(messages, [image], params, threading.Event())
+    A way takes the sampling settings and gives a run: a call that answers
+    once and returns :func:`consume`'s timing and text.
+    """
 
-    def web_ui(params, server=backend):
-        return lambda: consume(web_ui_stream(params, server), cumulative=False)
+    def __init__(self, args: argparse.Namespace):
+        self.compute = ComputeThread()
+        with tempfile.TemporaryDirectory(prefix="yuren-generation-") as workdir:
+            checkpoint = self.compute.call(
+                build_fused,
+                Path(workdir),
+                hidden_size=args.hidden,
+                intermediate_size=args.intermediate,
+                num_layers=args.layers,
+                num_heads=args.heads,
+                dtype=torch.bfloat16,  # as upstream's released checkpoint; loaded in fp32 on a CPU, as the web UI does
+            )
+            self.model, self.tokenizer, image_processor = self.compute.call(load_model, checkpoint)
+        self.backend = ModelBackend(self.model, self.tokenizer, image_processor, compute=self.compute)
+        self.compute.call(suppress_end_of_turn, self.model, self.backend.eos_token_id)
+        self.image = self.backend.prepare_image(Image.new("RGB", (640, 480), (200, 120, 40)))
+        self.messages = [{"role": "user", "content": user_content(QUESTION, 1, self.backend.image_position)}]
+        self.prompt = self.backend.build_prompt(self.messages, [self.image], args.new_tokens)
+        # The compute thread does every way's work: its CPU clock times the first pieces.
+        self.cpu_clock = time.pthread_getcpuclockid(self.compute.call(threading.get_ident))
+        self.compiled = None
+        if args.compile:
+            self.compiled = ModelBackend(
+                self.model, self.tokenizer, image_processor, compile=True, compute=self.compute
+            )
 
-    def rendered(params):
-        # Every way renders the prompt inside its timing, as the web UI path does (same renderer, same cost).
-        fitted = backend.build_prompt(messages, [image], params.max_new_tokens)
-        return fitted.input_ids, torch.stack(fitted.images)
+    def whole_answers(self) -> dict[str, Callable]:
+        """Every way, by name; with ``--compile`` also the web UI's on the compiled backend."""
+        ways = {UPSTREAM: self.upstream, WEB_UI: self.web_ui, BEFORE: self.before}
+        if self.compiled is not None:
+            ways[COMPILED] = lambda params: self.web_ui(params, self.compiled)
+        return ways
 
-    def before(params):
-        # Rendered on the compute thread: stacking the image is tensor work, which the main thread never does.
-        return lambda: consume(generate_before(backend, *compute.call(rendered, params), params), cumulative=False)
+    def first_pieces(self) -> dict[str, Callable]:
+        """The ways whose streams can be closed after their first piece (the previous path's worker thread would
+        run on): given the sampling settings, the first piece's wall and CPU seconds."""
+        ways = {UPSTREAM: self.upstream_first_piece, WEB_UI: self.web_ui_first_piece}
+        if self.compiled is not None:
+            ways[COMPILED] = lambda params: self.web_ui_first_piece(params, self.compiled)
+        return ways
 
-    @torch.inference_mode()
-    def upstream_pieces(params):
-        input_ids, pixels = rendered(params)
-        yield from upstream_stream(model, tokenizer, input_ids, pixels, params, backend.eos_token_id)
+    def web_ui_stream(self, params: GenerationParams, server: ModelBackend | None = None) -> Iterator[str]:
+        return (server or self.backend).stream(self.messages, [self.image], params, threading.Event())
 
-    def upstream(params):
-        return lambda: compute.call(consume, upstream_pieces(params), cumulative=True)
+    def web_ui(self, params: GenerationParams, server: ModelBackend | None = None) -> Callable[[], dict]:
+        return lambda: consume(self.web_ui_stream(params, server), cumulative=False)
 
-    upstream_name, web_name, before_name = "upstream loop", "web UI (ModelBackend.stream)", "web UI before (generate)"
-    contenders = {upstream_name: upstream, web_name: web_ui, before_name: before}
-    # Streams that can be closed after their first piece (the previous path's worker thread would run on).
-    cpu_clock = time.pthread_getcpuclockid(compute.call(threading.get_ident))
-    first_pieces = {upstream_name: lambda params: compute.call(first_piece, upstream_pieces(params), cpu_clock)}
-
-    def web_ui_first_piece(params, server=backend):
-        timed = first_piece(web_ui_stream(params, server), cpu_clock)
+    def web_ui_first_piece(self, params: GenerationParams, server: ModelBackend | None = None) -> dict[str, float]:
+        timed = first_piece(self.web_ui_stream(params, server), self.cpu_clock)
         # The closed stream's step in flight finishes before the next run starts its clock (and the CPU clock).
-        compute.call(lambda: None)
+        self.compute.call(lambda: None)
         return timed
 
-    first_pieces[web_name] = web_ui_first_piece
-    if args.compile:
-        compiled = ModelBackend(model, tokenizer, image_processor, compile=True, compute=compute)
-        contenders["web UI, --compile"] = lambda params: web_ui(params, compiled)
-        first_pieces["web UI, --compile"] = lambda params: web_ui_first_piece(params, compiled)
-    answers = {name: way(greedy)()["text"] for name, way in contenders.items()}
+    def rendered(self, params: GenerationParams):
+        # Every way renders the prompt inside its timing, as the web UI path does (same renderer, same cost).
+        fitted = self.backend.build_prompt(self.messages, [self.image], params.max_new_tokens)
+        return fitted.input_ids, torch.stack(fitted.images)
+
+    def before(self, params: GenerationParams) -> Callable[[], dict]:
+        # Rendered on the compute thread: stacking the image is tensor work, which the main thread never does.
+        return lambda: consume(
+            generate_before(self.backend, *self.compute.call(self.rendered, params), params), cumulative=False
+        )
+
+    @torch.inference_mode()
+    def upstream_pieces(self, params: GenerationParams) -> Iterator[str]:
+        input_ids, pixels = self.rendered(params)
+        yield from upstream_stream(self.model, self.tokenizer, input_ids, pixels, params, self.backend.eos_token_id)
+
+    def upstream(self, params: GenerationParams) -> Callable[[], dict]:
+        return lambda: self.compute.call(consume, self.upstream_pieces(params), cumulative=True)
+
+    def upstream_first_piece(self, params: GenerationParams) -> dict[str, float]:
+        return self.compute.call(first_piece, self.upstream_pieces(params), self.cpu_clock)
+
+    def before_in_this_thread(self, params: GenerationParams) -> None:
+        """The previous path's ``generate`` call alone, in the calling thread (what its profile shows)."""
+        input_ids = torch.tensor([self.prompt.input_ids])
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                pixel_values=torch.stack(self.prompt.images),
+                streamer=TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
+                max_new_tokens=params.max_new_tokens,
+                do_sample=True,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=0,
+                repetition_penalty=params.repetition_penalty,
+                eos_token_id=self.backend.eos_token_id,
+                pad_token_id=self.backend.pad_token_id,
+            )
+
+
+def check_greedy_answers_agree(ways: dict[str, Callable], greedy: GenerationParams) -> None:
+    """Every way must give the same greedy answer: they compute the same thing."""
+    answers = {name: way(greedy)()["text"] for name, way in ways.items()}
     if len(set(answers.values())) != 1:
         raise AssertionError(f"greedy answers differ between the ways: {answers}")
 
-    ways = {name: way(sampling) for name, way in contenders.items()}
-    outcomes: dict[str, list[dict]] = {name: [] for name in ways}
+
+def time_interleaved(runs: dict[str, Callable[[], dict]], repeats: int, load: int) -> dict[str, list[dict]]:
+    """What each run returns, ``repeats`` times each, the runs interleaved beside ``load`` busy processes."""
+    outcomes: dict[str, list[dict]] = {name: [] for name in runs}
 
     def recorded(name):
-        def run():
-            outcomes[name].append(ways[name]())
+        return lambda: outcomes[name].append(runs[name]())
 
-        return run
+    with busy_processes(load):
+        interleaved({name: recorded(name) for name in runs}, repeats)
+    return outcomes
 
-    bandwidth = compute.call(memory_bandwidth, 2**26 if args.smoke else 2**30)
-    weight_bytes = weight_bytes_per_token(model)
-    ceiling = bandwidth / weight_bytes
-    with busy_processes(args.load):
-        interleaved({name: recorded(name) for name in ways}, args.repeats)
+
+def summarize(answers: dict[str, list[dict]], firsts: dict[str, list[dict]], new_tokens: int) -> dict[str, dict]:
+    """Each way's medians over its whole answers and its first-piece runs, the warm-up run of each left out."""
     summary = {}
-    for name, runs in outcomes.items():
+    for name, runs in answers.items():
         runs = runs[1:]  # the warm-up run
         summary[name] = {
             "ttft_ms": median([r["ttft"] for r in runs]) * 1e3,
-            "tokens_per_s": median([args.new_tokens / r["total"] for r in runs]),
+            "tokens_per_s": median([new_tokens / r["total"] for r in runs]),
             # After the first piece: decode steps alone (what the bandwidth ceiling bounds), prefill left out.
-            "decode_tokens_per_s": median([(args.new_tokens - 1) / (r["total"] - r["ttft"]) for r in runs]),
+            "decode_tokens_per_s": median([(new_tokens - 1) / (r["total"] - r["ttft"]) for r in runs]),
             "total_s": median([r["total"] for r in runs]),
         }
-    # A whole answer gives one TTFT sample per run; first-piece runs (stream closed after it) give many more.
-    firsts: dict[str, list[dict]] = {name: [] for name in first_pieces}
-
-    def first_recorded(name):
-        return lambda: firsts[name].append(first_pieces[name](sampling))
-
-    with busy_processes(args.load):
-        interleaved({name: first_recorded(name) for name in first_pieces}, args.ttft_repeats)
     for name, runs in firsts.items():
         runs = runs[1:]  # the warm-up run
         summary[name]["first_piece_ttft_ms"] = median([r["ttft"] for r in runs]) * 1e3
         summary[name]["first_piece_ttft_cpu_ms"] = median([r["ttft_cpu"] for r in runs]) * 1e3
-    speedup = summary[web_name]["tokens_per_s"] / summary[upstream_name]["tokens_per_s"]
+    return summary
 
-    def ttft_ratio_of(runs: dict[str, list[dict]]) -> float:
-        """Upstream's median TTFT over the web UI's, warm-up runs left out."""
-        return ratio_of_medians([r["ttft"] for r in runs[upstream_name][1:]], [r["ttft"] for r in runs[web_name][1:]])
 
-    ttft_ratio, ttft_ratio_whole_answers = ttft_ratio_of(firsts), ttft_ratio_of(outcomes)
+def ttft_ratio_of(runs: dict[str, list[dict]]) -> float:
+    """Upstream's median TTFT over the web UI's, warm-up runs left out."""
+    return ratio_of_medians([r["ttft"] for r in runs[UPSTREAM][1:]], [r["ttft"] for r in runs[WEB_UI][1:]])
+
+
+def print_timings(args, prompt_tokens: int, summary: dict[str, dict], bandwidth: float, weight_bytes: int) -> None:
+    """The table of each way's TTFT and tokens/s, against upstream's and the bandwidth ceiling."""
+    ceiling = bandwidth / weight_bytes
     print_table(
-        f"Generation: {len(prompt.input_ids)}-token prompt with one image, {args.new_tokens} new tokens, "
+        f"Generation: {prompt_tokens}-token prompt with one image, {args.new_tokens} new tokens, "
         f"{args.layers} layers x {args.hidden} hidden, {args.load} busy processes beside; median of {args.repeats}; "
         f"{weight_bytes / 1e9:.2f} GB of weights per token at {bandwidth / 1e9:.1f} GB/s: ceiling {ceiling:.2f} tok/s",
         [
@@ -417,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
                 s.get("first_piece_ttft_ms", "-"),
                 s.get("first_piece_ttft_cpu_ms", "-"),
                 s["tokens_per_s"],
-                s["tokens_per_s"] / summary[upstream_name]["tokens_per_s"],
+                s["tokens_per_s"] / summary[UPSTREAM]["tokens_per_s"],
                 s["decode_tokens_per_s"],
                 s["decode_tokens_per_s"] / ceiling,
             ]
@@ -425,32 +475,23 @@ def main(argv: list[str] | None = None) -> dict:
         ],
     )
 
-    def before_in_this_thread():
-        input_ids = torch.tensor([prompt.input_ids])
-        with torch.inference_mode():
-            model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                pixel_values=torch.stack(prompt.images),
-                streamer=TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
-                max_new_tokens=args.new_tokens,
-                do_sample=True,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=0,
-                repetition_penalty=sampling.repetition_penalty,
-                eos_token_id=backend.eos_token_id,
-                pad_token_id=backend.pad_token_id,
-            )
 
-    profiles = {
-        # On the compute thread, where each way's work runs (the web UI's stream runs inline there).
-        upstream_name: compute.call(
-            where_time_goes, lambda: consume(upstream_pieces(sampling), cumulative=True), args.new_tokens
+def profile_ways(ways: Ways, params: GenerationParams) -> dict[str, dict]:
+    """:func:`where_time_goes` for each way, on the compute thread (where its work runs; the web UI's stream runs
+    inline there)."""
+    new_tokens = params.max_new_tokens
+    compute = ways.compute
+    return {
+        UPSTREAM: compute.call(
+            where_time_goes, lambda: consume(ways.upstream_pieces(params), cumulative=True), new_tokens
         ),
-        web_name: compute.call(where_time_goes, web_ui(sampling), args.new_tokens),
-        before_name: compute.call(where_time_goes, before_in_this_thread, args.new_tokens),
+        WEB_UI: compute.call(where_time_goes, ways.web_ui(params), new_tokens),
+        BEFORE: compute.call(where_time_goes, lambda: ways.before_in_this_thread(params), new_tokens),
     }
+
+
+def print_profiles(profiles: dict[str, dict]) -> None:
+    """The table of where each way's time per token goes."""
     print_table(
         "Where the time goes (cProfile on the compute thread; the previous path profiled as its generate call)",
         ["way", "ms/token in decoder layers", "ms/token outside them", "top Python outside the model (ms/token)"],
@@ -465,25 +506,10 @@ def main(argv: list[str] | None = None) -> dict:
         ],
     )
 
-    results = {
-        "prompt_tokens": len(prompt.input_ids),
-        "new_tokens": args.new_tokens,
-        "ways": {name: {k: round(v, 3) for k, v in s.items()} for name, s in summary.items()},
-        "speedup_tokens_per_s": round(speedup, 3),
-        "ttft_ratio_upstream_over_web_ui": round(ttft_ratio, 3),
-        "ttft_ratio_in_whole_answers": round(ttft_ratio_whole_answers, 3),
-        "greedy_outputs_identical": True,
-        "bandwidth_gb_per_s": round(bandwidth / 1e9, 3),
-        "weight_bytes_per_token": weight_bytes,
-        "ceiling_tokens_per_s": round(ceiling, 3),
-        "decode_share_of_ceiling": {name: round(s["decode_tokens_per_s"] / ceiling, 3) for name, s in summary.items()},
-        "profiles": profiles,
-        "targets": [
-            target("web UI tokens/s >= 1.2x upstream loop", speedup, 1.2),
-            target("web UI TTFT no worse than upstream loop (upstream / web UI >= 1)", ttft_ratio, 1.0),
-        ],
-    }
-    settings = {
+
+def settings_of(args, model, sampling: GenerationParams) -> dict:
+    """The record's settings: the model's size, the sampling and the run's counts."""
+    return {
         "hidden": args.hidden,
         "intermediate": args.intermediate,
         "layers": args.layers,
@@ -498,7 +524,51 @@ def main(argv: list[str] | None = None) -> dict:
         "compile": args.compile,
         "torch_threads": torch.get_num_threads(),
     }
-    write_record("generation", args.output, settings, results)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Time every way, print the tables, write the record; returns its results."""
+    args = parse_args(argv)
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    ways = Ways(args)
+    sampling = GenerationParams(max_new_tokens=args.new_tokens)
+    check_greedy_answers_agree(ways.whole_answers(), GenerationParams(max_new_tokens=args.new_tokens, temperature=0.0))
+
+    bandwidth = ways.compute.call(memory_bandwidth, 2**26 if args.smoke else 2**30)
+    weight_bytes = weight_bytes_per_token(ways.model)
+    ceiling = bandwidth / weight_bytes
+    runs = {name: way(sampling) for name, way in ways.whole_answers().items()}
+    answers = time_interleaved(runs, args.repeats, args.load)
+    # A whole answer gives one TTFT sample per run; first-piece runs (stream closed after it) give many more.
+    runs = {name: lambda way=way: way(sampling) for name, way in ways.first_pieces().items()}
+    firsts = time_interleaved(runs, args.ttft_repeats, args.load)
+    summary = summarize(answers, firsts, args.new_tokens)
+    speedup = summary[WEB_UI]["tokens_per_s"] / summary[UPSTREAM]["tokens_per_s"]
+    ttft_ratio = ttft_ratio_of(firsts)
+    print_timings(args, len(ways.prompt.input_ids), summary, bandwidth, weight_bytes)
+    profiles = profile_ways(ways, sampling)
+    print_profiles(profiles)
+
+    results = {
+        "prompt_tokens": len(ways.prompt.input_ids),
+        "new_tokens": args.new_tokens,
+        "ways": {name: {k: round(v, 3) for k, v in s.items()} for name, s in summary.items()},
+        "speedup_tokens_per_s": round(speedup, 3),
+        "ttft_ratio_upstream_over_web_ui": round(ttft_ratio, 3),
+        "ttft_ratio_in_whole_answers": round(ttft_ratio_of(answers), 3),
+        "greedy_outputs_identical": True,
+        "bandwidth_gb_per_s": round(bandwidth / 1e9, 3),
+        "weight_bytes_per_token": weight_bytes,
+        "ceiling_tokens_per_s": round(ceiling, 3),
+        "decode_share_of_ceiling": {name: round(s["decode_tokens_per_s"] / ceiling, 3) for name, s in summary.items()},
+        "profiles": profiles,
+        "targets": [
+            target("web UI tokens/s >= 1.2x upstream loop", speedup, 1.2),
+            target("web UI TTFT no worse than upstream loop (upstream / web UI >= 1)", ttft_ratio, 1.0),
+        ],
+    }
+    write_record("generation", args.output, settings_of(args, ways.model, sampling), results)
     return results
 
 

@@ -216,7 +216,8 @@ def run_interleaved(ways: Sequence[Way], step: Callable[[Way, int], float]) -> N
         way.cpu_seconds.append(cpu_seconds)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, with ``--smoke``'s tiny model and data put in."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data(), help="ShareGPT conversations (stage-1 data)")
     parser.add_argument("--max-conversations", type=int, help="use only the first N conversations")
@@ -243,8 +244,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.data, args.max_conversations, args.model_max_length = PROJECT_DATA, 24, 512
         args.batch_sizes, args.hidden, args.intermediate, args.layers, args.heads = [2, 4], 32, 64, 1, 2
         args.token_budget, args.min_steps = 1024, 1
-    transformers.logging.set_verbosity_error()
+    return args
 
+
+def build_model(args: argparse.Namespace):
+    """A random model of the asked size in training mode, its tokenizer, and an AdamW optimizer over it."""
     with tempfile.TemporaryDirectory(prefix="yuren-training-") as workdir:
         base = build_prepared_base(
             Path(workdir),
@@ -258,75 +262,86 @@ def main(argv: list[str] | None = None) -> dict:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model.config.use_cache = False
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    return model, tokenizer, torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-    conversations = list(itertools.islice(read_conversations(args.data), args.max_conversations))
-    columns, stats = tokenize(conversations, tokenizer, max_length=args.model_max_length)
-    print(stats.describe(str(args.data)), flush=True)
 
-    results: dict = {"batch_sizes": {}}
-    targets = []
-    step = make_step(model, optimizer)
-    for batch_size in args.batch_sizes:
-        ways = make_ways(columns, tokenizer, batch_size, args.model_max_length, args.seed)
+def measure_batch_size(columns, tokenizer, step, batch_size: int, args: argparse.Namespace) -> dict[str, dict]:
+    """Each way's summary at ``batch_size``, the packed ways' speedups (CPU and wall) added; with ``--profile`` its
+    profile too, the top ops printed."""
+    ways = make_ways(columns, tokenizer, batch_size, args.model_max_length, args.seed)
+    for way in ways:
+        way.choose_sample(args.token_budget, args.min_steps)
+    run_interleaved(ways, step)
+    summary = {way.name: way.summary() for way in ways}
+    speed = {name: s["supervised_tokens_per_cpu_s"] for name, s in summary.items()}
+    wall = {name: s["supervised_tokens_per_s"] for name, s in summary.items()}
+    for name in (PACKED, PACKED_ALL, PACKED_DENSE):
+        summary[name]["speedup_vs_upstream"] = round(speed[name] / speed[UPSTREAM], 3)
+        summary[name]["speedup_vs_random"] = round(speed[name] / speed[RANDOM], 3)
+        summary[name]["wall_speedup_vs_upstream"] = round(wall[name] / wall[UPSTREAM], 3)
+        summary[name]["wall_speedup_vs_random"] = round(wall[name] / wall[RANDOM], 3)
+    if args.profile:
         for way in ways:
-            way.choose_sample(args.token_budget, args.min_steps)
-        run_interleaved(ways, step)
-        summary = {way.name: way.summary() for way in ways}
-        speed = {name: s["supervised_tokens_per_cpu_s"] for name, s in summary.items()}
-        wall = {name: s["supervised_tokens_per_s"] for name, s in summary.items()}
-        for name in (PACKED, PACKED_ALL, PACKED_DENSE):
-            summary[name]["speedup_vs_upstream"] = round(speed[name] / speed[UPSTREAM], 3)
-            summary[name]["speedup_vs_random"] = round(speed[name] / speed[RANDOM], 3)
-            summary[name]["wall_speedup_vs_upstream"] = round(wall[name] / wall[UPSTREAM], 3)
-            summary[name]["wall_speedup_vs_random"] = round(wall[name] / wall[RANDOM], 3)
-        if args.profile:
-            for way in ways:
-                summary[way.name]["profile"] = profile_step(way, step)
-                ops = ", ".join(
-                    f"{k} {v}"
-                    for k, v in list(summary[way.name]["profile"]["top_ops_ms_per_1k_supervised"].items())[:5]
-                )
-                print(f"profile, batch {batch_size}, {way.name}: ms per 1k supervised tokens: {ops}")
-        results["batch_sizes"][str(batch_size)] = summary
-        print_table(
-            f"Stage-1 training, batch {batch_size}, model_max_length {args.model_max_length}: "
-            f"{args.layers} layers x {args.hidden} hidden",
+            summary[way.name]["profile"] = profile_step(way, step)
+            ops = ", ".join(
+                f"{k} {v}" for k, v in list(summary[way.name]["profile"]["top_ops_ms_per_1k_supervised"].items())[:5]
+            )
+            print(f"profile, batch {batch_size}, {way.name}: ms per 1k supervised tokens: {ops}")
+    return summary
+
+
+def print_batch_size(args: argparse.Namespace, batch_size: int, summary: dict[str, dict]) -> None:
+    """The table of each way's real share and supervised tokens per CPU second and per second, with ratios."""
+    speed = {name: s["supervised_tokens_per_cpu_s"] for name, s in summary.items()}
+    wall = {name: s["supervised_tokens_per_s"] for name, s in summary.items()}
+    print_table(
+        f"Stage-1 training, batch {batch_size}, model_max_length {args.model_max_length}: "
+        f"{args.layers} layers x {args.hidden} hidden",
+        [
+            "way",
+            "real share",
+            "sup. tok/CPU-s",
+            "vs upstream",
+            "vs random",
+            "sup. tok/s (wall)",
+            "vs upstream",
+            "vs random",
+            "timed batches",
+        ],
+        [
             [
-                "way",
-                "real share",
-                "sup. tok/CPU-s",
-                "vs upstream",
-                "vs random",
-                "sup. tok/s (wall)",
-                "vs upstream",
-                "vs random",
-                "timed batches",
-            ],
-            [
-                [
-                    name,
-                    s["real_share"],
-                    s["supervised_tokens_per_cpu_s"],
-                    speed[name] / speed[UPSTREAM],
-                    speed[name] / speed[RANDOM],
-                    s["supervised_tokens_per_s"],
-                    wall[name] / wall[UPSTREAM],
-                    wall[name] / wall[RANDOM],
-                    s["timed_batches"],
-                ]
-                for name, s in summary.items()
-            ],
-        )
-        wanted = 1.1 if batch_size <= 4 else 1.25
-        for name in (PACKED, PACKED_DENSE):
-            targets += [
-                target(f"batch {batch_size}, {name}: >= {wanted}x upstream", speed[name] / speed[UPSTREAM], wanted),
-                target(f"batch {batch_size}, {name}: >= 1.5x random order", speed[name] / speed[RANDOM], 1.5),
+                name,
+                s["real_share"],
+                s["supervised_tokens_per_cpu_s"],
+                speed[name] / speed[UPSTREAM],
+                speed[name] / speed[RANDOM],
+                s["supervised_tokens_per_s"],
+                wall[name] / wall[UPSTREAM],
+                wall[name] / wall[RANDOM],
+                s["timed_batches"],
             ]
-        targets.append(target(f"batch {batch_size}, packed: real share >= 0.95", summary[PACKED]["real_share"], 0.95))
-    results["targets"] = targets
-    settings = {
+            for name, s in summary.items()
+        ],
+    )
+
+
+def batch_size_targets(batch_size: int, summary: dict[str, dict]) -> list[dict]:
+    """The targets at ``batch_size``: the packed ways' speedups (CPU time) and packing's real share."""
+    speed = {name: s["supervised_tokens_per_cpu_s"] for name, s in summary.items()}
+    wanted = 1.1 if batch_size <= 4 else 1.25
+    targets = []
+    for name in (PACKED, PACKED_DENSE):
+        targets += [
+            target(f"batch {batch_size}, {name}: >= {wanted}x upstream", speed[name] / speed[UPSTREAM], wanted),
+            target(f"batch {batch_size}, {name}: >= 1.5x random order", speed[name] / speed[RANDOM], 1.5),
+        ]
+    targets.append(target(f"batch {batch_size}, packed: real share >= 0.95", summary[PACKED]["real_share"], 0.95))
+    return targets
+
+
+def settings_of(args: argparse.Namespace, stats, model) -> dict:
+    """The record's settings: the data, the model and the sampling of the timed steps."""
+    return {
         "data": str(args.data),
         "conversations": stats.kept,
         "tokens": stats.tokens,
@@ -347,7 +362,27 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "smoke": args.smoke,
     }
-    write_record("training", args.output, settings, results)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Time every way at each batch size, print the tables, write the record; returns its results."""
+    args = parse_args(argv)
+    transformers.logging.set_verbosity_error()
+    model, tokenizer, optimizer = build_model(args)
+    conversations = list(itertools.islice(read_conversations(args.data), args.max_conversations))
+    columns, stats = tokenize(conversations, tokenizer, max_length=args.model_max_length)
+    print(stats.describe(str(args.data)), flush=True)
+
+    results: dict = {"batch_sizes": {}}
+    targets = []
+    step = make_step(model, optimizer)
+    for batch_size in args.batch_sizes:
+        summary = measure_batch_size(columns, tokenizer, step, batch_size, args)
+        results["batch_sizes"][str(batch_size)] = summary
+        print_batch_size(args, batch_size, summary)
+        targets += batch_size_targets(batch_size, summary)
+    results["targets"] = targets
+    write_record("training", args.output, settings_of(args, stats, model), results)
     return results
 
 

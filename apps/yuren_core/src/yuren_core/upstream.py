@@ -24,11 +24,11 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from safetensors import safe_open
 from transformers import PretrainedConfig
-from transformers.conversion_mapping import get_model_conversion_mapping
 
 from .loading_reports import reported_by_the_caller
 from .modeling import YuRenConfig, YuRenForCausalLM
 from .transformers_clip import load_transformers_clip_vision, open_clip_state_dict
+from .transformers_compat import save_under_own_names
 from .vision import VisionTower, num_patches, vision_width
 from .vocab import special_ids
 
@@ -160,8 +160,8 @@ def load_upstream(path: str | PathLike, tokenizer, **from_pretrained_kwargs) -> 
         state.update(saved)
     model.vision_tower.load_state_dict(state)
     # transformers saves a model under the names it was loaded from; this one is a YuRen model now, and saves
-    # (convert-checkpoint, the trainers) as one: what loading a YuRen checkpoint would have attached.
-    model._weight_conversions = get_model_conversion_mapping(model, hf_quantizer=getattr(model, "hf_quantizer", None))
+    # (convert-checkpoint, the trainers) as one.
+    save_under_own_names(model)
     ids = special_ids(tokenizer)
     model.generation_config.eos_token_id = [ids.im_end, ids.eos]
     model.generation_config.pad_token_id = ids.pad

@@ -19,6 +19,7 @@ whose pixel count Pillow refuses as a decompression bomb.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from PIL import Image
 from vllm.exceptions import VLLMValidationError
@@ -33,32 +34,28 @@ class YuRenRenderer(HfRenderer):
     """vLLM's Hugging Face renderer with chat messages rendered by :func:`yuren_core.chatml.render`."""
 
     def render_messages(self, messages, params):
-        self._check_request(messages, params)
-        try:
-            conversation, mm_data, mm_uuids = parse_chat_messages(
-                messages,
-                self.model_config,
-                content_format="openai",
-                media_io_kwargs=params.media_io_kwargs,
-                mm_processor_kwargs=params.mm_processor_kwargs,
-            )
-        except Image.DecompressionBombError as error:
-            raise _too_large(error) from None
+        parse_kwargs = self._parse_kwargs(messages, params)
+        with _oversized_images_refused():
+            conversation, mm_data, mm_uuids = parse_chat_messages(messages, self.model_config, **parse_kwargs)
         return conversation, self._prompt(conversation, mm_data, mm_uuids)
 
+    # vLLM's server calls this one, its offline LLM.chat the one above: both must refuse and render alike.
     async def render_messages_async(self, messages, params):
-        self._check_request(messages, params)
-        try:
+        parse_kwargs = self._parse_kwargs(messages, params)
+        with _oversized_images_refused():
             conversation, mm_data, mm_uuids = await parse_chat_messages_async(
-                messages,
-                self.model_config,
-                content_format="openai",
-                media_io_kwargs=params.media_io_kwargs,
-                mm_processor_kwargs=params.mm_processor_kwargs,
+                messages, self.model_config, **parse_kwargs
             )
-        except Image.DecompressionBombError as error:
-            raise _too_large(error) from None
         return conversation, self._prompt(conversation, mm_data, mm_uuids)
+
+    def _parse_kwargs(self, messages, params) -> dict:
+        """Check the request (see :meth:`_check_request`); the keyword arguments vLLM's chat parsers take from it."""
+        self._check_request(messages, params)
+        return {
+            "content_format": "openai",
+            "media_io_kwargs": params.media_io_kwargs,
+            "mm_processor_kwargs": params.mm_processor_kwargs,
+        }
 
     def _check_request(self, messages, params) -> None:
         if params.chat_template is not None:
@@ -88,10 +85,15 @@ class YuRenRenderer(HfRenderer):
         return prompt
 
 
-def _too_large(error: Exception) -> VLLMValidationError:
-    return VLLMValidationError(
-        f"an image is larger than this server decodes ({error}); send a smaller image", parameter="messages"
-    )
+@contextmanager
+def _oversized_images_refused() -> Iterator[None]:
+    """Answer an image Pillow refuses as a decompression bomb with a 400 that says so, not a 500."""
+    try:
+        yield
+    except Image.DecompressionBombError as error:
+        raise VLLMValidationError(
+            f"an image is larger than this server decodes ({error}); send a smaller image", parameter="messages"
+        ) from None
 
 
 def _media_strings(messages) -> Iterator[str]:
