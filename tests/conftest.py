@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -70,28 +71,70 @@ def fused_model_dir(prepared_base, tiny_clip_id, tmp_path_factory) -> Path:
     return out
 
 
-def pytest_collection_finish(session):
-    """Get the cached tiny pipeline before the first test when any selected test uses it.
+def uses_pipeline(item: pytest.Item) -> bool:
+    return "tiny_pipeline" in getattr(item, "fixturenames", ())
 
-    Training it (minutes; more on a busy machine) is a cache fill, not a test: done here it does not count
-    against the first test's timeout. Later runs, and the demo model, reuse the cache.
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Run the tests that need the tiny pipeline last, so the ones that do not run while it trains.
+
+    Their files hold no other tests: xdist (``--dist loadfile``) hands out whole files, in this order.
     """
-    if session.config.option.collectonly or not any(
-        "tiny_pipeline" in getattr(i, "fixturenames", ()) for i in session.items
-    ):
+    items.sort(key=uses_pipeline)
+
+
+BUILD = pytest.StashKey[subprocess.Popen]()
+
+
+def pytest_collection_finish(session):
+    """Start training the cached tiny pipeline in the background when a selected test needs it.
+
+    Training it takes minutes (more on a busy machine) on one core: the tests that do not need it run meanwhile, and
+    the first that does waits for it (:func:`pytest_runtest_protocol`). One process of a run starts it: the only
+    one, or xdist's first worker. Later runs, and the demo model, reuse the cache.
+    """
+    config = session.config
+    if config.option.collectonly or not any(uses_pipeline(item) for item in session.items):
+        return
+    if getattr(config, "workerinput", {}).get("workerid", "gw0") != "gw0":
         return
     from make_demo_model.pipeline import TinyRecipe
-    from make_demo_model.pipeline_cache import ENTRIES, cached_tiny_yuren, default_cache_dir
+    from make_demo_model.pipeline_cache import ENTRIES, default_cache_dir, entry_key
 
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    started = time.monotonic()
+    entries = default_cache_dir() / ENTRIES
+    if (entries / entry_key(TinyRecipe())).is_dir():
+        return
     # The stages' own output goes to a log beside the cache, not between pytest's lines.
-    log = default_cache_dir() / ENTRIES / "build.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as output, redirect_stdout(output), redirect_stderr(output):
-        run = cached_tiny_yuren(TinyRecipe())
-    if reporter is not None:
-        reporter.write_line(f"tiny pipeline: {run.root} ({time.monotonic() - started:.0f} s; build output in {log})")
+    entries.mkdir(parents=True, exist_ok=True)
+    with open(entries / "build.log", "a", encoding="utf-8") as log:
+        config.stash[BUILD] = subprocess.Popen(
+            [sys.executable, "-m", "make_demo_model.pipeline_cache"], stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Before a test that needs the pipeline, wait while it is being built: outside that test's timeout."""
+    if uses_pipeline(item):
+        from make_demo_model.pipeline import TinyRecipe
+        from make_demo_model.pipeline_cache import wait_for_build
+
+        started = time.monotonic()
+        wait_for_build(TinyRecipe())
+        waited = time.monotonic() - started
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        if waited > 1 and reporter is not None:
+            reporter.write_line(f"\ntiny pipeline: waited {waited:.0f} s for its build")
+    yield
+
+
+def pytest_sessionfinish(session):
+    """Stop a build still running when the session ends early: its unfinished entry is never used."""
+    build = session.config.stash.get(BUILD, None)
+    if build is not None and build.poll() is None:
+        build.terminate()
+        build.wait()
 
 
 def file_states(root: Path) -> dict[str, tuple[int, int]]:

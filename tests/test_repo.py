@@ -1,5 +1,6 @@
 """Repository-level promises: lint is clean, and the locks agree with what the pyprojects declare."""
 
+import ast
 import re
 import shutil
 import subprocess
@@ -161,3 +162,19 @@ def test_no_core_module_imports_one_that_imports_it_back():
     for module in sorted(graph):
         visit(module, [module])
     assert cycles == []
+
+
+def test_each_test_file_needs_the_tiny_pipeline_in_all_its_tests_or_in_none():
+    # The suite runs the pipeline's tests last, while it trains in the background, and xdist hands out whole files:
+    # a file mixing both would make a worker wait for the pipeline before running the tests that do not need it.
+    mixed = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        tests = [
+            node
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+        ]
+        needs = {any(arg.arg == "tiny_pipeline" for arg in test.args.args) for test in tests}
+        if len(needs) > 1:
+            mixed.append(path.relative_to(REPO).as_posix())
+    assert mixed == [], f"these files mix tests that need the tiny pipeline with tests that do not: {mixed}"

@@ -17,6 +17,7 @@ first and then reuse its entry. Entries nobody has used for a week are removed.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import logging
@@ -111,6 +112,14 @@ def cached_tiny_yuren(
     return TinyRun(target)
 
 
+def wait_for_build(recipe: TinyRecipe, cache_dir: str | os.PathLike | None = None) -> None:
+    """Return once no process is building ``recipe``'s entry under ``cache_dir`` (at once when none is)."""
+    entries = Path(cache_dir if cache_dir is not None else default_cache_dir()) / ENTRIES
+    entries.mkdir(parents=True, exist_ok=True)
+    with FileLock(entries / f"{entry_key(recipe)}.lock"):
+        pass
+
+
 def _remove_unused(entries: Path, *, keep: Path) -> None:
     """Remove entries (and builds killed midway) that nobody has used for :data:`UNUSED_FOR` seconds."""
     cutoff = time.time() - UNUSED_FOR
@@ -119,3 +128,21 @@ def _remove_unused(entries: Path, *, keep: Path) -> None:
             logger.info("removing the tiny pipeline %s, unused for a week", entry)
             shutil.rmtree(entry, ignore_errors=True)
             Path(f"{entry}.lock").unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m make_demo_model.pipeline_cache [--cache-dir DIR]``: get the default recipe's run; print its root.
+
+    The tests start this in the background to train the pipeline while the tests that do not need it run.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m make_demo_model.pipeline_cache", description=main.__doc__.splitlines()[0]
+    )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $YUREN_CACHE_DIR or ~/.cache/yuren")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(cached_tiny_yuren(TinyRecipe(), args.cache_dir).root, flush=True)
+
+
+if __name__ == "__main__":
+    main()
