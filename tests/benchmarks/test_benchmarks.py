@@ -96,6 +96,8 @@ def test_data_benchmark_smoke(run_benchmark):
         sizes = results[kind]["sizes"]
         assert [sizes[str(n)]["conversations"] for n in records_per_file] == records_per_file
         assert all(s["rows"] == s["conversations"] and s["peak_rss_mib"] > 0 for s in sizes.values())
+        # Anonymous memory is part of the whole, and most of it: torch and friends, loaded before any data.
+        assert all(0.5 * s["peak_rss_mib"] < s["peak_anon_mib"] <= s["peak_rss_mib"] for s in sizes.values())
         assert results[kind]["growth_exponent"] > 0
     assert all(s["images_checked"] == 8 for s in results["stage3"]["sizes"].values())
     assert all(s["images_checked"] == 0 for s in results["stage1"]["sizes"].values())
