@@ -12,9 +12,12 @@ Conversations left without a supervised token (no assistant text, or all of it
 cut off by truncation) are dropped and counted; they are never trained on by
 copying prompt tokens into the labels, as upstream did.
 
-Tokenized rows are cached with ``datasets`` (``save_to_disk``), keyed by the
-file's content, the tokenizer, the renderer's source and the settings, so a
-changed input never meets a stale cache.
+Tokenized rows are cached as one Arrow file (``rows.arrow``, opened with
+``datasets.Dataset.from_file``) beside their statistics, keyed by the file's
+content, the tokenizer, the renderer's source and the settings, so a changed
+input never meets a stale cache. The tokenized shards are read back once, a
+batch at a time, by reading rather than memory-mapping them, so that pass adds
+no mapped pages that grow with the file to the process's memory.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from yuren_core import chatml
 from yuren_core.atomic import atomic_directory
@@ -53,13 +57,14 @@ from .packing import assign_bins
 logger = logging.getLogger(__name__)
 
 # Bump when the layout of the cached rows changes.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 # Conversations per batch: what one worker renders, and writes to Arrow, at a time.
 BATCH_SIZE = 1000
 # A worker process is started per this many conversations at most: a small file is not worth the start-up.
 RECORDS_PER_WORKER = 2000
 
 # What tokenizing did with each conversation (the ``outcome`` column of the tokenized records).
+ROWS_FILE = "rows.arrow"
 KEPT, DROPPED_UNSUPERVISED, DROPPED_IMAGE_CUT, FAILED = "kept", "dropped_unsupervised", "dropped_image_cut", "failed"
 
 
@@ -263,7 +268,7 @@ def load_sft_dataset(
     if (cached / "yuren_stats.json").is_file():
         logger.info("using tokenized %s from the cache at %s", path, cached)
         stats = TokenizeStats(**json.loads((cached / "yuren_stats.json").read_text()))
-        return datasets.load_from_disk(str(cached)), stats
+        return datasets.Dataset.from_file(str(cached / ROWS_FILE)), stats
 
     cache_root.mkdir(parents=True, exist_ok=True)
     # Written beside the final place and renamed into it, so a crash never leaves a half cache behind; the
@@ -284,14 +289,16 @@ def load_sft_dataset(
             new_fingerprint=key[:32] + "-tokenized",
             desc=f"tokenizing {path.name}",
         )
-        stats, kept = _kept_rows(path, tokenized, Path(work) / "kept.arrow", fingerprint=key[:32] + "-kept")
-        rows = _packed(kept, max_length, Path(work) / "packed.arrow") if packing else kept
-        stats.rows = len(rows)
+        shards = [Path(f["filename"]) for f in tokenized.cache_files]
+        del tokenized, records
+        kept_target = Path(work) / "kept.arrow" if packing else staging / ROWS_FILE
+        stats = _kept_rows(path, shards, kept_target)
         if stats.rows == 0:
             raise DataError(f"{path}: no conversation has a supervised token; nothing to train on")
-        rows.save_to_disk(str(staging))
+        if packing:
+            stats.rows = _packed(datasets.Dataset.from_file(str(kept_target)), max_length, staging / ROWS_FILE)
         (staging / "yuren_stats.json").write_text(json.dumps(asdict(stats)))
-    return datasets.load_from_disk(str(cached)), stats
+    return datasets.Dataset.from_file(str(cached / ROWS_FILE)), stats
 
 
 def _write_records(path: Path, target: Path) -> datasets.Dataset:
@@ -315,44 +322,43 @@ def _arrow_writer(target: Path, features: datasets.Features) -> Iterator:
         yield write
 
 
-def _kept_rows(
-    path: Path, tokenized: datasets.Dataset, target: Path, *, fingerprint: str
-) -> tuple[TokenizeStats, datasets.Dataset]:
-    """The statistics of the tokenized records, and the kept rows; :class:`DataError` if any record failed."""
+def _kept_rows(path: Path, shards: list[Path], target: Path) -> TokenizeStats:
+    """Count what became of every tokenized record and write the kept rows to ``target``; return the statistics.
+
+    Reads the tokenized ``shards`` (Arrow streams, in order) a batch at a time, into memory that is freed with
+    the batch. Raises :class:`DataError` if any record failed.
+    """
     stats = TokenizeStats()
     errors = ErrorReport()
-    for batch in tokenized.select_columns(list(OUTCOME_COLUMNS)).iter(batch_size=BATCH_SIZE * 10):
-        for values in zip(*(batch[name] for name in OUTCOME_COLUMNS), strict=True):
-            stats.conversations += 1
-            _count(stats, errors, *values)
+    columns = list(_features())
+    with _arrow_writer(target, _features()) as write:
+        for shard in shards:
+            with pa.OSFile(str(shard)) as source:
+                for batch in pa.ipc.open_stream(source):
+                    for values in zip(*(batch.column(name).to_pylist() for name in OUTCOME_COLUMNS), strict=True):
+                        stats.conversations += 1
+                        _count(stats, errors, *values)
+                    kept = pa.Table.from_batches([batch]).filter(pc.equal(batch.column("outcome"), KEPT))
+                    write(kept.select(columns))
     if errors.count:
         raise DataError(errors.message(f"{errors.count} conversation(s) in {path} cannot be tokenized"))
-    kept = tokenized.filter(
-        _is_kept,
-        input_columns="outcome",
-        batched=True,
-        batch_size=BATCH_SIZE,
-        cache_file_name=str(target),
-        new_fingerprint=fingerprint,
-    )
-    return stats, kept.select_columns(list(_features()))
+    stats.rows = stats.kept
+    return stats
 
 
-def _is_kept(outcomes: list[str]) -> list[bool]:
-    return [outcome == KEPT for outcome in outcomes]
+def _packed(rows: datasets.Dataset, max_length: int, target: Path) -> int:
+    """Write ``rows`` packed into rows of at most ``max_length`` tokens to ``target``; return how many.
 
-
-def _packed(rows: datasets.Dataset, max_length: int, target: Path) -> datasets.Dataset:
-    """``rows`` packed into rows of at most ``max_length`` tokens (:func:`~yuren_trainer.packing.assign_bins`), in batches.
-
-    Only the lengths are read for the whole file; the tokens are copied a batch of packed rows at a time.
+    The bins are :func:`~yuren_trainer.packing.assign_bins`'. Only the lengths are read for the whole file; the
+    tokens are copied a batch of packed rows at a time (from the memory-mapped ``rows``, whose pages count as this
+    process's memory once read, though the kernel can drop them).
     """
     bins = assign_bins(rows.select_columns(["length"]).with_format("numpy")[:]["length"].tolist(), max_length)
     arrow_rows = rows.with_format("arrow")
     with _arrow_writer(target, _features()) as write:
         for batch in batches(bins, BATCH_SIZE):
             write(_packed_table(arrow_rows[[i for members in batch for i in members]], batch))
-    return datasets.Dataset.from_file(str(target))
+    return len(bins)
 
 
 def _packed_table(table: pa.Table, bins: list[list[int]]) -> pa.Table:
