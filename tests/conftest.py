@@ -113,15 +113,23 @@ def pytest_collection_finish(session):
         )
 
 
+WAITED = pytest.StashKey[bool]()
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
-    """Before a test that needs the pipeline, wait while it is being built: outside that test's timeout."""
-    if uses_pipeline(item):
+    """Before this process's first test that needs the pipeline, wait while it is built: outside the test's timeout."""
+    if uses_pipeline(item) and not item.config.stash.get(WAITED, False):
         from make_demo_model.pipeline import TinyRecipe
         from make_demo_model.pipeline_cache import wait_for_build
 
         started = time.monotonic()
+        build = item.config.stash.get(BUILD, None)
+        if build is not None:
+            # Started here: its process, not its lock, which it takes only once its imports are done.
+            build.wait()
         wait_for_build(TinyRecipe())
+        item.config.stash[WAITED] = True
         waited = time.monotonic() - started
         reporter = item.config.pluginmanager.get_plugin("terminalreporter")
         if waited > 1 and reporter is not None:

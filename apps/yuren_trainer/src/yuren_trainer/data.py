@@ -290,6 +290,7 @@ def load_sft_dataset(
             desc=f"tokenizing {path.name}",
         )
         shards = [Path(f["filename"]) for f in tokenized.cache_files]
+        # Unmapped now: the pages the tokenizing read from them would otherwise stay counted to this process.
         del tokenized, records
         kept_target = Path(work) / "kept.arrow" if packing else staging / ROWS_FILE
         stats = _kept_rows(path, shards, kept_target)
