@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 from dataclasses import asdict
 
@@ -266,6 +267,28 @@ def test_tokenizing_in_two_processes_gives_the_rows_and_stats_of_one(tmp_path, t
         assert rows == expected
         assert stats == TokenizeStats(**{**asdict(expected_stats), "rows": len(expected["input_ids"])})
         assert packing == (len(rows["input_ids"]) < expected_stats.kept)
+
+
+def test_tokenizing_pauses_the_cycle_collector_and_leaves_it_as_it_was(tmp_path, tokenizer, monkeypatch):
+    path = write_json(tmp_path / "train.json", MEMORY_CONVERSATIONS)
+    collecting_while_rendering = []
+    real_render_many = data.render_many
+
+    def render_many(*args, **kwargs):
+        collecting_while_rendering.append(gc.isenabled())
+        return real_render_many(*args, **kwargs)
+
+    monkeypatch.setattr(data, "render_many", render_many)
+    load_sft_dataset(path, tokenizer, max_length=64, num_proc=1, cache_dir=tmp_path / "on")
+    # Paused while rendering (the speed-up), running again for the training that follows.
+    assert collecting_while_rendering == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        load_sft_dataset(path, tokenizer, max_length=64, num_proc=1, cache_dir=tmp_path / "off")
+        # A caller that had turned it off does not find it on.
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_every_conversation_that_cannot_be_tokenized_is_listed(tmp_path, tokenizer):

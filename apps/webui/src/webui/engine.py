@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from yuren_core.chatml import render
+from yuren_core.chatml import ChatEncoder, render
 from yuren_core.decoding import Decoder, TextDeltas
-from yuren_core.vocab import special_ids
 
 from .backend import (
     GenerationParams,
@@ -79,7 +78,9 @@ class ModelBackend:
         # A text-only model's config has no image_position; it takes no images, so the default never applies.
         self.image_position = getattr(model.config, "image_position", "before_text")
         self._context_length = context_length or model.config.max_position_embeddings
-        ids = special_ids(tokenizer)
+        # Built once: every prompt renders through it (see ChatEncoder).
+        self.chat_encoder = ChatEncoder(tokenizer)
+        ids = self.chat_encoder.ids
         # The assistant's turn ends at <|im_end|>; the eos after it is only there in training data.
         self.eos_token_id = [ids.im_end, ids.eos]
         self.pad_token_id = ids.pad
@@ -134,7 +135,7 @@ class ModelBackend:
 
         def from_turn(first: int):
             return render(
-                self.tokenizer,
+                self.chat_encoder,
                 system + turns[starts[first] :],
                 image_seq_len=self.image_seq_len,
                 add_generation_prompt=True,

@@ -27,6 +27,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from tokenizers import Tokenizer
+
 from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_POSITIONS, SPIECE_UNDERLINE
 from .vocab import SpecialIds, special_ids
 
@@ -84,6 +86,45 @@ class Rendered:
     @property
     def num_supervised(self) -> int:
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
+
+
+class ChatEncoder:
+    """A tokenizer made ready for :func:`render`: its special ids and a text encoder of its own, built once.
+
+    The encoder is a private copy of the tokenizer's ``tokenizers`` backend, set
+    here once and never changed: special-token text is never parsed
+    (``encode_special_tokens``), and there is no padding or truncation. The
+    tokenizer's own call rewrites those settings on its shared backend at every
+    call, so another thread's call could switch them in the middle of a render;
+    it also builds offsets and masks that rendering does not use. Building one
+    copies the tokenizer, so code that renders often (the web UI, the vLLM
+    renderer, the data workers) builds one and passes it where a tokenizer goes.
+    """
+
+    def __init__(self, tokenizer):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise TypeError(
+                f"rendering needs a tokenizers-backed (fast) tokenizer, got {type(tokenizer).__name__}: "
+                "load it with yuren_core.vocab.load_tokenizer"
+            )
+        self.ids: SpecialIds = special_ids(tokenizer)
+        self._backend = Tokenizer.from_str(backend.to_str())
+        self._backend.encode_special_tokens = True
+        self._backend.no_padding()
+        self._backend.no_truncation()
+        self._space_first = _drops_dummy_prefix_before_space(self._backend)
+
+    @classmethod
+    def of(cls, tokenizer) -> ChatEncoder:
+        """``tokenizer`` itself if it is a :class:`ChatEncoder`, else one built from it."""
+        return tokenizer if isinstance(tokenizer, cls) else cls(tokenizer)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids, the text encoded on its own as sentencepiece would (dummy prefix and all)."""
+        if self._space_first:
+            texts = [" " + text for text in texts]
+        return [encoding.ids for encoding in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def split_image_placeholders(text: str) -> tuple[str | Image, ...]:
@@ -202,12 +243,14 @@ def render(
     ``<|im_start|>assistant\\n``, ready for the model to answer (no BOS: training
     never had one). ``max_length`` is the training length limit, applied as
     upstream's training data applied its ``model_max_length``: see
-    :func:`truncated`.
+    :func:`truncated`. ``tokenizer`` may be a :class:`ChatEncoder` built from
+    one, which saves building it again.
     """
+    encoder = ChatEncoder.of(tokenizer)
     conversation = list(conversation)
     messages = conversation if all(isinstance(m, Message) for m in conversation) else to_messages(conversation)
     (rendered,) = render_many(
-        tokenizer, [messages], image_seq_len=image_seq_len, add_generation_prompt=add_generation_prompt
+        encoder, [messages], image_seq_len=image_seq_len, add_generation_prompt=add_generation_prompt
     )
     if isinstance(rendered, ConversationError):
         raise rendered
@@ -215,7 +258,7 @@ def render(
         return rendered
     if add_generation_prompt:
         raise ConversationError("max_length truncates training data; a generation prompt is never truncated")
-    return truncated(rendered, max_length, special_ids(tokenizer))
+    return truncated(rendered, max_length, encoder.ids)
 
 
 def render_many(
@@ -230,8 +273,10 @@ def render_many(
     A conversation that cannot be rendered comes back as its
     :class:`ConversationError`, in its place. Each piece is still encoded on
     its own, so every result is token for token what :func:`render` gives.
+    ``tokenizer`` may be a :class:`ChatEncoder`, as for :func:`render`.
     """
-    ids = special_ids(tokenizer)
+    encoder = ChatEncoder.of(tokenizer)
+    ids = encoder.ids
     block = image_block(ids, image_seq_len) if image_seq_len is not None else []
     planned: list[tuple[list[tuple[list[str | list[int]], bool]], int] | ConversationError] = []
     for messages in conversations:
@@ -250,9 +295,7 @@ def render_many(
         for piece in pieces
         if isinstance(piece, str)
     ]
-    if texts and _drops_dummy_prefix_before_space(tokenizer):
-        texts = [" " + text for text in texts]
-    encoded = iter(tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else [])
+    encoded = iter(encoder.encode(texts) if texts else [])
     return [plan if isinstance(plan, ConversationError) else _assembled(*plan, encoded, ids) for plan in planned]
 
 
@@ -361,20 +404,20 @@ def _stripped_around_specials(pieces: list[str | list[int]]) -> list[str | list[
     return out
 
 
-def _leading_spaces(tokenizer, text: str) -> int:
-    pieces = "".join(tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"]))
+def _leading_spaces(backend: Tokenizer, text: str) -> int:
+    pieces = "".join(backend.encode(text, add_special_tokens=False).tokens)
     return len(pieces) - len(pieces.lstrip(SPIECE_UNDERLINE))
 
 
-def _drops_dummy_prefix_before_space(tokenizer) -> bool:
-    """Whether ``tokenizer`` adds sentencepiece's dummy prefix, except to text that starts with a space.
+def _drops_dummy_prefix_before_space(backend: Tokenizer) -> bool:
+    """Whether ``backend`` adds sentencepiece's dummy prefix, except to text that starts with a space.
 
     sentencepiece always adds it (``" a"`` -> ``"▁▁a"``); the ``tokenizers``
     Metaspace pre-tokenizer skips it when the text already starts with one
     (``"▁a"``). Upstream's pieces went through sentencepiece, so for such a
     tokenizer each piece is encoded with the space written out.
     """
-    return _leading_spaces(tokenizer, "a") == 1 and _leading_spaces(tokenizer, " a") == 1
+    return _leading_spaces(backend, "a") == 1 and _leading_spaces(backend, " a") == 1
 
 
 def image_block(ids: SpecialIds, image_seq_len: int) -> list[int]:
@@ -402,7 +445,7 @@ def chat_template(tokenizer, image_seq_len: int | None = None) -> str:
     """
     ids = special_ids(tokenizer)
     tokens = tokenizer.convert_ids_to_tokens
-    prefix = " " if _leading_spaces(tokenizer, "a") == 1 else ""
+    prefix = " " if _leading_spaces(tokenizer.backend_tokenizer, "a") == 1 else ""
 
     def literal(text: str) -> str:
         # Every literal goes through an expression: text between tags would be at the mercy of whitespace control.

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from yuren_core.chatml import render, to_messages, with_images_placed
+from yuren_core.chatml import ChatEncoder, render, to_messages, with_images_placed
 from yuren_core.vision import ImageProcessor
-from yuren_core.vocab import special_ids
 
 
 @dataclass(frozen=True)
@@ -71,10 +70,11 @@ def greedy_answers(
     Prompts of equal length are batched together, so no padding is needed.
     ``progress`` names a progress bar (none without it).
     """
+    encoder = ChatEncoder(tokenizer)
     # The images go where the model's training put them (its config's image_position), whatever the prompt's layout.
     rendered = [
         render(
-            tokenizer,
+            encoder,
             with_images_placed(to_messages(p.conversation), model.config.image_position),
             image_seq_len=model.config.image_seq_len,
             add_generation_prompt=True,
@@ -85,9 +85,8 @@ def greedy_answers(
     for index, prompt in enumerate(rendered):
         by_length[len(prompt.input_ids)].append(index)
     answers: dict[int, str] = {}
-    ids = special_ids(tokenizer)
     # The assistant's turn ends at <|im_end|>; the eos after it only closes training examples.
-    stop = [ids.im_end, ids.eos]
+    stop = [encoder.ids.im_end, encoder.ids.eos]
     with tqdm(total=len(prompts), desc=progress, disable=progress is None) as bar:
         for group in by_length.values():
             for start in range(0, len(group), batch_size):

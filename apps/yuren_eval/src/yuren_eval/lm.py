@@ -22,7 +22,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from yuren_core.chatml import render
+from yuren_core.chatml import ChatEncoder, render
 from yuren_core.loading import default_dtype, load_causal_lm, load_model, quantization_config
 from yuren_core.upstream import is_upstream_checkpoint, read_config_dict
 from yuren_core.vocab import load_tokenizer, special_ids
@@ -109,6 +109,8 @@ class YuRenLM(HFLM):
         self.system_prompt = system_prompt
         # The assistant's turn ends at <|im_end|>; the eos after it only closes training examples.
         self.stop_ids = [special_ids(tokenizer).im_end, tokenizer.eos_token_id] if self.chatml else None
+        # Built once: every ChatML prompt renders through it (see ChatEncoder).
+        self.chat_encoder = ChatEncoder(tokenizer) if self.chatml else None
 
     def chat(self, user_text: str, answer: str | None = None) -> list[dict]:
         """The conversation asking ``user_text`` (and answering ``answer``), with the system prompt if set."""
@@ -120,7 +122,7 @@ class YuRenLM(HFLM):
 
     def prompt_ids(self, user_text: str) -> list[int]:
         """Token ids of ``user_text`` as a user turn, ending with the assistant's opening."""
-        return render(self.tokenizer, self.chat(user_text), add_generation_prompt=True).input_ids
+        return render(self.chat_encoder, self.chat(user_text), add_generation_prompt=True).input_ids
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         if not self.chatml:
@@ -128,7 +130,7 @@ class YuRenLM(HFLM):
         # The continuation is the start of the assistant's answer, rendered as the renderer renders one; the
         # separating whitespace lm-eval puts before it belongs to plain-text prompts, not to a chat turn.
         context_ids = self.prompt_ids(context.rstrip())
-        whole = render(self.tokenizer, self.chat(context.rstrip(), continuation.strip())).input_ids
+        whole = render(self.chat_encoder, self.chat(context.rstrip(), continuation.strip())).input_ids
         # The rendered answer ends with <|im_end|> and eos; the continuation scored is the text before them.
         answer_ids = whole[len(context_ids) : -2]
         if whole[: len(context_ids)] != context_ids or not answer_ids:

@@ -22,6 +22,7 @@ no mapped pages that grow with the file to the process's memory.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ from yuren_core.atomic import atomic_directory
 from yuren_core.chatml import (
     IMAGE,
     USER,
+    ChatEncoder,
     ConversationError,
     Image,
     ImageBlockTruncated,
@@ -50,7 +52,6 @@ from yuren_core.chatml import (
     truncated,
 )
 from yuren_core.records import Conversation, DataError, ErrorReport, batches, no_such_file, read_conversations
-from yuren_core.vocab import special_ids
 
 from .packing import assign_bins
 
@@ -197,24 +198,25 @@ def tokenize_records(records: dict[str, list], tokenizer, *, max_length: int, im
 
     Each row says what became of its conversation in ``outcome`` (and, for a
     conversation that cannot be rendered, why in ``error``); rows that are not
-    kept have empty ids.
+    kept have empty ids. ``tokenizer`` may be a :class:`~yuren_core.chatml.ChatEncoder`.
     """
-    ids = special_ids(tokenizer)
-    conversations = [_messages(r, p) for r, p in zip(records["roles"], records["parts"], strict=True)]
-    rendered = render_many(tokenizer, conversations, image_seq_len=image_seq_len)
-    out: dict[str, list] = {name: [] for name in _tokenized_features()}
-    for source, images, full in zip(records["source"], records["images"], rendered, strict=True):
-        outcome, truncated, error, row = _outcome(source, images, full, max_length, ids)
-        out["outcome"].append(outcome)
-        out["truncated"].append(truncated)
-        out["error"].append(error)
-        out["input_ids"].append(row.input_ids if row else [])
-        out["labels"].append(row.labels if row else [])
-        out["length"].append(len(row.input_ids) if row else 0)
-        out["images"].append(images if row else [])
-        out["seq_lengths"].append([len(row.input_ids)] if row else [])
-        out["supervised"].append(row.num_supervised if row else 0)
-    return out
+    with cycle_collector_paused():
+        encoder = ChatEncoder.of(tokenizer)
+        conversations = [_messages(r, p) for r, p in zip(records["roles"], records["parts"], strict=True)]
+        rendered = render_many(encoder, conversations, image_seq_len=image_seq_len)
+        out: dict[str, list] = {name: [] for name in _tokenized_features()}
+        for source, images, full in zip(records["source"], records["images"], rendered, strict=True):
+            outcome, truncated, error, row = _outcome(source, images, full, max_length, encoder.ids)
+            out["outcome"].append(outcome)
+            out["truncated"].append(truncated)
+            out["error"].append(error)
+            out["input_ids"].append(row.input_ids if row else [])
+            out["labels"].append(row.labels if row else [])
+            out["length"].append(len(row.input_ids) if row else 0)
+            out["images"].append(images if row else [])
+            out["seq_lengths"].append([len(row.input_ids)] if row else [])
+            out["supervised"].append(row.num_supervised if row else 0)
+        return out
 
 
 def _outcome(source: str, images: list[str], full, max_length: int, ids):
@@ -283,7 +285,8 @@ def load_sft_dataset(
             writer_batch_size=BATCH_SIZE,
             remove_columns=records.column_names,
             features=_tokenized_features(),
-            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "image_seq_len": image_seq_len},
+            # Built once here and sent to each worker: building it copies the tokenizer.
+            fn_kwargs={"tokenizer": ChatEncoder(tokenizer), "max_length": max_length, "image_seq_len": image_seq_len},
             num_proc=workers if workers > 1 else None,
             cache_file_name=str(Path(work) / "tokenized.arrow"),
             new_fingerprint=key[:32] + "-tokenized",
@@ -304,10 +307,29 @@ def load_sft_dataset(
 
 def _write_records(path: Path, target: Path) -> datasets.Dataset:
     """Stream the validated conversations of ``path`` into the Arrow file ``target``, a batch at a time."""
-    with _arrow_writer(target, _record_features()) as write:
+    with _arrow_writer(target, _record_features()) as write, cycle_collector_paused():
         for batch in batches(read_conversations(path), BATCH_SIZE):
             write(_record_columns(batch))
     return datasets.Dataset.from_file(str(target))
+
+
+@contextmanager
+def cycle_collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the block (reference counting still frees memory).
+
+    Reading and tokenizing allocate millions of small lists and objects, and no
+    reference cycle that must be freed before the block ends; each burst of
+    allocations would start a collection that walks every live object again.
+    Measured on text data: a third of the tokenizing time. Cycles made inside
+    the block are freed by the first collection after it.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 
 from PIL import Image
 from vllm.exceptions import VLLMValidationError
@@ -27,7 +28,7 @@ from vllm.inputs import TokensPrompt
 from vllm.renderers.chat_utils import parse_chat_messages, parse_chat_messages_async
 from vllm.renderers.hf import HfRenderer
 
-from yuren_core.chatml import render
+from yuren_core.chatml import ChatEncoder, render
 
 
 class YuRenRenderer(HfRenderer):
@@ -73,10 +74,15 @@ class YuRenRenderer(HfRenderer):
                 parameter="messages",
             )
 
+    @cached_property
+    def _chat_encoder(self) -> ChatEncoder:
+        # Built at the first chat, not per request: it copies the tokenizer.
+        return ChatEncoder(self.get_tokenizer())
+
     def _prompt(self, conversation, mm_data, mm_uuids) -> TokensPrompt:
         # Like the chat template, a user turn ends in the generation prompt and an assistant turn in
         # <|im_end|></s>, so the generation-prompt flag changes nothing and render is not asked to check it.
-        rendered = render(self.get_tokenizer(), conversation, image_seq_len=self.model_config.hf_config.image_seq_len)
+        rendered = render(self._chat_encoder, conversation, image_seq_len=self.model_config.hf_config.image_seq_len)
         prompt = TokensPrompt(prompt_token_ids=rendered.input_ids)
         if mm_data is not None:
             prompt["multi_modal_data"] = mm_data
