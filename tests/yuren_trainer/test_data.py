@@ -271,17 +271,19 @@ def test_tokenizing_in_two_processes_gives_the_rows_and_stats_of_one(tmp_path, t
 
 def test_tokenizing_pauses_the_cycle_collector_and_leaves_it_as_it_was(tmp_path, tokenizer, monkeypatch):
     path = write_json(tmp_path / "train.json", MEMORY_CONVERSATIONS)
-    collecting_while_rendering = []
+    while_rendering = []
     real_render_many = data.render_many
 
     def render_many(*args, **kwargs):
-        collecting_while_rendering.append(gc.isenabled())
+        while_rendering.append((gc.isenabled(), gc.get_freeze_count() > 0))
         return real_render_many(*args, **kwargs)
 
     monkeypatch.setattr(data, "render_many", render_many)
     load_sft_dataset(path, tokenizer, max_length=64, num_proc=1, cache_dir=tmp_path / "on")
-    # Paused while rendering (the speed-up), running again for the training that follows.
-    assert collecting_while_rendering == [False] and gc.isenabled()
+    # Paused, and the objects from before frozen (what forked workers inherit), while rendering (the speed-up and
+    # the shared memory); running again over every object for the training that follows.
+    assert while_rendering == [(False, True)]
+    assert gc.isenabled() and gc.get_freeze_count() == 0
     gc.disable()
     try:
         load_sft_dataset(path, tokenizer, max_length=64, num_proc=1, cache_dir=tmp_path / "off")

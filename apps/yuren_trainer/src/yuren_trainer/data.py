@@ -6,7 +6,10 @@ and written to an Arrow file in batches. ``datasets`` then tokenizes them in
 ``num_proc`` processes (``Dataset.map``), each rendering a batch of conversations
 through :func:`yuren_core.chatml.render_many`; with ``packing`` the rows are
 packed a batch of rows at a time. Only a batch is ever held in memory, plus one
-length per conversation for packing.
+length per conversation for packing. Python's cyclic garbage collector is kept
+off the objects the workers inherit and paused while a batch is rendered: it
+cost a third of the tokenizing time, and a copy of the parent's heap in every
+worker (see ``benchmarks/README.md``, Data).
 
 Conversations left without a supervised token (no assistant text, or all of it
 cut off by truncation) are dropped and counted; they are never trained on by
@@ -278,20 +281,25 @@ def load_sft_dataset(
     with atomic_directory(cached) as staging, tempfile.TemporaryDirectory(dir=cache_root, prefix=".work-") as work:
         records = _write_records(path, Path(work) / "records.arrow")
         workers = max(1, min(num_proc or default_num_workers(), len(records) // RECORDS_PER_WORKER))
-        tokenized = records.map(
-            tokenize_records,
-            batched=True,
-            batch_size=BATCH_SIZE,
-            writer_batch_size=BATCH_SIZE,
-            remove_columns=records.column_names,
-            features=_tokenized_features(),
-            # Built once here and sent to each worker: building it copies the tokenizer.
-            fn_kwargs={"tokenizer": ChatEncoder(tokenizer), "max_length": max_length, "image_seq_len": image_seq_len},
-            num_proc=workers if workers > 1 else None,
-            cache_file_name=str(Path(work) / "tokenized.arrow"),
-            new_fingerprint=key[:32] + "-tokenized",
-            desc=f"tokenizing {path.name}",
-        )
+        with _inherited_heap_frozen():
+            tokenized = records.map(
+                tokenize_records,
+                batched=True,
+                batch_size=BATCH_SIZE,
+                writer_batch_size=BATCH_SIZE,
+                remove_columns=records.column_names,
+                features=_tokenized_features(),
+                # Built once here and sent to each worker: building it copies the tokenizer.
+                fn_kwargs={
+                    "tokenizer": ChatEncoder(tokenizer),
+                    "max_length": max_length,
+                    "image_seq_len": image_seq_len,
+                },
+                num_proc=workers if workers > 1 else None,
+                cache_file_name=str(Path(work) / "tokenized.arrow"),
+                new_fingerprint=key[:32] + "-tokenized",
+                desc=f"tokenizing {path.name}",
+            )
         shards = [Path(f["filename"]) for f in tokenized.cache_files]
         # Unmapped now: the pages the tokenizing read from them would otherwise stay counted to this process.
         del tokenized, records
@@ -311,6 +319,23 @@ def _write_records(path: Path, target: Path) -> datasets.Dataset:
         for batch in batches(read_conversations(path), BATCH_SIZE):
             write(_record_columns(batch))
     return datasets.Dataset.from_file(str(target))
+
+
+@contextmanager
+def _inherited_heap_frozen() -> Iterator[None]:
+    """Keep the cyclic garbage collector off the objects alive now, for the block (``gc.freeze``).
+
+    A forked worker shares this process's pages until it writes to one, and a
+    collection in the worker writes to every object it walks; without this, the
+    first full collection in each worker copies the whole inherited heap (some
+    hundreds of MiB of torch and transformers objects). Python's documentation
+    advises freezing before forking for this reason.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextmanager
