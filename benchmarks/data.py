@@ -195,6 +195,33 @@ def run_one(path: Path, tokenizer: Path, args, *, image_seq_len: int | None) -> 
     return result
 
 
+def tokenizer_alone(path: Path, tokenizer: Path) -> float:
+    """Conversations per CPU-second of the tokenizer alone on ``path``'s text (best of three), the whole load's ceiling.
+
+    Encodes what rendering encodes, a batch of conversations per call, through
+    the same :class:`~yuren_core.chatml.ChatEncoder`: each turn's text and, per
+    user turn, the assistant's header. The records are read before timing.
+    """
+    from yuren_core.chatml import USER, ChatEncoder
+    from yuren_core.records import batches, read_conversations
+    from yuren_core.vocab import load_tokenizer
+
+    encoder = ChatEncoder(load_tokenizer(str(tokenizer)))
+    texts, conversations = [], 0
+    for batch in batches(read_conversations(path), 1000):
+        texts.append(
+            [p for c in batch for m in c.messages for p in (m.text, "assistant\n")[: 2 if m.role == USER else 1]]
+        )
+        conversations += len(batch)
+    best = 0.0
+    for _ in range(3):
+        start = time.process_time()
+        for batch in texts:
+            encoder.encode(batch)
+        best = max(best, conversations / (time.process_time() - start))
+    return best
+
+
 def growth_exponent(sizes: list[int], seconds: list[float]) -> float:
     """The least-squares slope of log(seconds) over log(size)."""
     xs, ys = [math.log(s) for s in sizes], [math.log(t) for t in seconds]
@@ -233,6 +260,8 @@ def measure_kind(work: Path, tokenizer: Path, kind: str, args: argparse.Namespac
         path = write_data(folder / "data.json", size, image=image)
         per_size[size] = run_one(path, tokenizer, args, image_seq_len=args.image_seq_len if image else None)
         per_size[size]["file_mib"] = path.stat().st_size / 2**20
+        if size == min(args.sizes):
+            per_size[size]["tokenizer_alone_records_per_cpu_s"] = tokenizer_alone(path, tokenizer)
         path.unlink()
         print(f"{kind} {size}: {json.dumps(per_size[size])}", flush=True)
     sizes = sorted(per_size)
@@ -267,10 +296,13 @@ def print_results(results: dict[str, dict], workers: int) -> None:
         rows,
     )
     for kind, result in results.items():
+        smallest = result["sizes"][min(result["sizes"], key=int)]
+        alone = smallest["tokenizer_alone_records_per_cpu_s"]
         print(
             f"{kind}: growth exponent {result['growth_exponent']:.3f}, "
             f"peak PSS ratio {result['peak_rss_ratio_largest_to_smallest']:.2f}, "
-            f"peak anonymous PSS ratio {result['peak_anon_ratio_largest_to_smallest']:.2f}"
+            f"peak anonymous PSS ratio {result['peak_anon_ratio_largest_to_smallest']:.2f}; "
+            f"tokenizer alone {alone:.0f} records/CPU-s, the whole load at {smallest['records_per_cpu_s'] / alone:.0%} of it"
         )
 
 
