@@ -1,10 +1,18 @@
 """The synthetic shapes data: ground truth that matches the pixels, reproducible by seed."""
 
+import datetime
 import json
 
 from PIL import Image
 
-from make_tiny_model.shapes import COLOURS, colour_answer, write_dataset, write_yes_no_dataset, yes_no_question
+from make_tiny_model.shapes import (
+    COLOURS,
+    colour_answer,
+    vocabulary_lines,
+    write_dataset,
+    write_yes_no_dataset,
+    yes_no_question,
+)
 
 
 def test_dataset_records_match_their_images(tmp_path):
@@ -70,3 +78,18 @@ def test_the_shapes_sample_in_data_is_what_make_shapes_data_writes(tmp_path):
     assert written == sorted(p.relative_to(sample) for p in sample.rglob("*") if p.is_file())
     for relative in written:
         assert (tmp_path / relative).read_bytes() == (sample / relative).read_bytes(), relative
+
+
+def test_the_tokenizer_lines_are_the_same_on_any_day(monkeypatch):
+    # They train the tiny tokenizer: a line dated the day of the build made every tiny model differ by the day.
+    lines = []
+    for day in (datetime.date(2026, 12, 6), datetime.date(2026, 12, 7)):
+
+        class Today(datetime.date):
+            @classmethod
+            def today(cls, day=day):
+                return day
+
+        monkeypatch.setattr(datetime, "date", Today)
+        lines.append(vocabulary_lines())
+    assert lines[0] == lines[1]

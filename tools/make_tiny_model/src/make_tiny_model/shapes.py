@@ -181,15 +181,20 @@ def write_yes_no_dataset(data_dir: Path, *, languages: tuple[str, ...], seed: in
     return path
 
 
+# Dates in the data are drawn from here on, and the tokenizer's lines carry this one: never the day a model is
+# built, or the tiny tokenizer, and every model trained with it, would change from one day to the next.
+FIRST_DAY = datetime.date(2024, 1, 1)
+
+
 def _random_system_prompt(rng: random.Random) -> str:
-    day = datetime.date(2024, 1, 1) + datetime.timedelta(days=rng.randrange(365 * 6))
+    day = FIRST_DAY + datetime.timedelta(days=rng.randrange(365 * 6))
     return default_system_prompt(rng.choice(sorted(SYSTEM_PROMPT_TEMPLATES)), day)
 
 
 def vocabulary_lines() -> list[str]:
     """Every caption, question and answer string, for training a tokenizer that covers them."""
     lines = [*COLOUR_QUESTIONS.values(), *SHAPE_QUESTIONS.values(), *CAPTION_PROMPTS.values()]
-    lines += [default_system_prompt(lang) for lang in SYSTEM_PROMPT_TEMPLATES]
+    lines += [default_system_prompt(lang, FIRST_DAY) for lang in SYSTEM_PROMPT_TEMPLATES]
     for colour in COLOURS:
         for shape in SHAPES:
             sample = Sample(None, colour, shape)
