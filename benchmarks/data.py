@@ -120,6 +120,7 @@ def measure(args) -> None:
             image_seq_len=args.image_seq_len or None,
             cache_dir=cache,
             num_proc=args.workers,
+            packing=args.packing,
         )
         rows = len(dataset)
     seconds = time.perf_counter() - start
@@ -162,7 +163,7 @@ def run_one(path: Path, tokenizer: Path, args, *, image_seq_len: int | None) -> 
     """Measure one file in a fresh interpreter, sampling the resident memory of its process tree."""
     command = [sys.executable, __file__, "--measure", str(path), "--tokenizer", str(tokenizer)]
     command += ["--workers", str(args.workers), "--max-length", str(args.max_length)]
-    command += ["--image-seq-len", str(image_seq_len or 0)]
+    command += ["--image-seq-len", str(image_seq_len or 0), *(["--packing"] if args.packing else [])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = {"pss": 0, "anon": 0}
     done = threading.Event()
@@ -240,6 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=default_num_workers(), help="tokenizing processes")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--image-seq-len", type=int, default=576)
+    parser.add_argument("--packing", action="store_true", help="pack the rows too (--packing True of the stages)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the files go (default: a temporary folder)")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         "workers": args.workers,
         "max_length": args.max_length,
         "image_seq_len": args.image_seq_len,
+        "packing": args.packing,
         "tokenizer": "tiny prepared sentencepiece (make_tiny_model + prepare-base-model), 2,000 pieces",
         "smoke": args.smoke,
         "load_average": list(psutil.getloadavg()),

@@ -241,9 +241,11 @@ def test_a_changed_setting_or_tokenizer_misses_the_cache(tmp_path, tokenizer, mo
 
 
 def test_tokenizing_in_two_processes_gives_the_rows_and_stats_of_one(tmp_path, tokenizer, monkeypatch):
-    # Batches of 3 and a worker per 2 records, so that both processes tokenize several batches.
+    # Batches of 3 and a worker per 2 records, so that both processes tokenize several batches; packed rows are
+    # written (and their pages dropped) 2 at a time.
     monkeypatch.setattr(data, "BATCH_SIZE", 3)
     monkeypatch.setattr(data, "RECORDS_PER_WORKER", 2)
+    monkeypatch.setattr(data, "PACKED_BATCH_SIZE", 2)
     unanswered = {"conversations": [{"from": "human", "value": "No answer follows."}]}
     # Truncated: the answer cut, and the answer cut off entirely; both kept, ending on the supervised eos upstream's
     # truncation forces.

@@ -29,6 +29,7 @@ import gc
 import hashlib
 import json
 import logging
+import mmap
 import os
 import tempfile
 from collections import Counter
@@ -64,6 +65,9 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 3
 # Conversations per batch: what one worker renders, and writes to Arrow, at a time.
 BATCH_SIZE = 1000
+# Packed rows per batch: each member row read maps ~64 KiB around each of its buffers (the kernel's fault-around),
+# so the pages a batch maps, dropped after it, are bounded by this, not by the file.
+PACKED_BATCH_SIZE = 100
 # A worker process is started per this many conversations at most: a small file is not worth the start-up.
 RECORDS_PER_WORKER = 2000
 
@@ -308,7 +312,7 @@ def load_sft_dataset(
         if stats.rows == 0:
             raise DataError(f"{path}: no conversation has a supervised token; nothing to train on")
         if packing:
-            stats.rows = _packed(datasets.Dataset.from_file(str(kept_target)), max_length, staging / ROWS_FILE)
+            stats.rows = _packed(kept_target, max_length, staging / ROWS_FILE)
         (staging / "yuren_stats.json").write_text(json.dumps(asdict(stats)))
     return datasets.Dataset.from_file(str(cached / ROWS_FILE)), stats
 
@@ -394,18 +398,26 @@ def _kept_rows(path: Path, shards: list[Path], target: Path) -> TokenizeStats:
     return stats
 
 
-def _packed(rows: datasets.Dataset, max_length: int, target: Path) -> int:
-    """Write ``rows`` packed into rows of at most ``max_length`` tokens to ``target``; return how many.
+def _packed(kept: Path, max_length: int, target: Path) -> int:
+    """Write the rows of the Arrow stream ``kept`` packed into rows of at most ``max_length`` tokens to ``target``.
 
-    The bins are :func:`~yuren_trainer.packing.assign_bins`'. Only the lengths are read for the whole file; the
-    tokens are copied a batch of packed rows at a time (from the memory-mapped ``rows``, whose pages count as this
-    process's memory once read, though the kernel can drop them).
+    Returns how many packed rows. The bins are :func:`~yuren_trainer.packing.assign_bins`'; their members lie
+    anywhere in the file, so it is read through a memory map. Each page read would stay counted to this process
+    until the end (file-backed, but growing with the file), so after each batch of packed rows
+    (:data:`PACKED_BATCH_SIZE`) the map's pages are dropped from it (``madvise``); they stay in the page cache,
+    to be mapped again if needed.
     """
-    bins = assign_bins(rows.select_columns(["length"]).with_format("numpy")[:]["length"].tolist(), max_length)
-    arrow_rows = rows.with_format("arrow")
+    with open(kept, "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    # Not closed by hand: it unmaps itself when the last Arrow view of it goes (on an error, with the traceback).
+    rows = pa.ipc.open_stream(pa.py_buffer(mapped)).read_all()
+    bins = assign_bins(rows.column("length").to_pylist(), max_length)
     with _arrow_writer(target, _features()) as write:
-        for batch in batches(bins, BATCH_SIZE):
-            write(_packed_table(arrow_rows[[i for members in batch for i in members]], batch))
+        for batch in batches(bins, PACKED_BATCH_SIZE):
+            # Row by row: Table.take would first join the columns' chunks, copying the whole file into memory.
+            members = pa.concat_tables([rows.slice(i, 1) for members in batch for i in members])
+            write(_packed_table(members, batch))
+            mapped.madvise(mmap.MADV_DONTNEED)
     return len(bins)
 
 
