@@ -65,8 +65,8 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 3
 # Conversations per batch: what one worker renders, and writes to Arrow, at a time.
 BATCH_SIZE = 1000
-# Packed rows per batch: each member row read maps ~64 KiB around each of its buffers (the kernel's fault-around),
-# so the pages a batch maps, dropped after it, are bounded by this, not by the file.
+# Packed rows per batch. A row read through a map maps far more than the row (3,000 random rows of a 1.4 GiB rows
+# file mapped 1.26 GiB of it, measured), so the pages a batch maps, dropped after it, are bounded by this.
 PACKED_BATCH_SIZE = 100
 # A worker process is started per this many conversations at most: a small file is not worth the start-up.
 RECORDS_PER_WORKER = 2000
