@@ -210,9 +210,8 @@ def tokenizer_alone(path: Path, tokenizer: Path) -> float:
     encoder = ChatEncoder(load_tokenizer(str(tokenizer)))
     texts, conversations = [], 0
     for batch in batches(read_conversations(path), 1000):
-        texts.append(
-            [p for c in batch for m in c.messages for p in (m.text, "assistant\n")[: 2 if m.role == USER else 1]]
-        )
+        # A turn's text, and after a user turn the assistant's header that closes it.
+        texts.append([text for c in batch for m in c.messages for text in _turn_texts(m.text, m.role == USER)])
         conversations += len(batch)
     best = 0.0
     for _ in range(3):
@@ -221,6 +220,10 @@ def tokenizer_alone(path: Path, tokenizer: Path) -> float:
             encoder.encode(batch)
         best = max(best, conversations / (time.process_time() - start))
     return best
+
+
+def _turn_texts(text: str, user: bool) -> tuple[str, ...]:
+    return (text, "assistant\n") if user else (text,)
 
 
 def growth_exponent(sizes: list[int], seconds: list[float]) -> float:

@@ -207,7 +207,7 @@ def tokenize_records(records: dict[str, list], tokenizer, *, max_length: int, im
     conversation that cannot be rendered, why in ``error``); rows that are not
     kept have empty ids. ``tokenizer`` may be a :class:`~yuren_core.chatml.ChatEncoder`.
     """
-    with cycle_collector_paused():
+    with _cycle_collector_paused():
         encoder = ChatEncoder.of(tokenizer)
         conversations = [_messages(r, p) for r, p in zip(records["roles"], records["parts"], strict=True)]
         rendered = render_many(encoder, conversations, image_seq_len=image_seq_len)
@@ -319,7 +319,7 @@ def load_sft_dataset(
 
 def _write_records(path: Path, target: Path) -> datasets.Dataset:
     """Stream the validated conversations of ``path`` into the Arrow file ``target``, a batch at a time."""
-    with _arrow_writer(target, _record_features()) as write, cycle_collector_paused():
+    with _arrow_writer(target, _record_features()) as write, _cycle_collector_paused():
         for batch in batches(read_conversations(path), BATCH_SIZE):
             write(_record_columns(batch))
     return datasets.Dataset.from_file(str(target))
@@ -343,7 +343,7 @@ def _inherited_heap_frozen() -> Iterator[None]:
 
 
 @contextmanager
-def cycle_collector_paused() -> Iterator[None]:
+def _cycle_collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for the block (reference counting still frees memory).
 
     Reading and tokenizing allocate millions of small lists and objects, and no
@@ -415,8 +415,8 @@ def _packed(kept: Path, max_length: int, target: Path) -> int:
     with _arrow_writer(target, _features()) as write:
         for batch in batches(bins, PACKED_BATCH_SIZE):
             # Row by row: Table.take would first join the columns' chunks, copying the whole file into memory.
-            members = pa.concat_tables([rows.slice(i, 1) for members in batch for i in members])
-            write(_packed_table(members, batch))
+            batch_rows = pa.concat_tables([rows.slice(i, 1) for members in batch for i in members])
+            write(_packed_table(batch_rows, batch))
             mapped.madvise(mmap.MADV_DONTNEED)
     return len(bins)
 
