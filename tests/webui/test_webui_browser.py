@@ -24,6 +24,7 @@ from webui.engine import ModelBackend
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
+STOPS = 8  # long answers stopped in a row in the walk-through (the race below was seen in about 1 of 15)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 # Records every length the newest answer passes through, to see it stream.
 WATCH_ANSWER = """() => {
@@ -177,20 +178,25 @@ def test_chat_in_the_browser(server_url, browser, tmp_path):
     assert len(page.query_selector_all('#chatbot [data-testid="user"] img')) == 1
     assert user_texts(page)[-1] == "图里是什么？" and len(bots(page)) == 2 and bots(page)[1].strip()
 
-    # 3. Stop ends a long answer early and the page is usable again.
+    # 3. Stop ends a long answer early and the page is usable again, each time: asked, stopped, deleted and
+    #    asked again, as a user does. Stop once raced the answer's own end and left the page busy for good.
     set_slider(page, "max-new-tokens", 2048)
-    page.fill("#message textarea", "讲一个很长的故事。")
-    page.keyboard.press("Enter")
-    page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=\"bot\"]').length == 3")
-    page.wait_for_function(
-        """() => { const b = document.querySelectorAll('#chatbot [data-testid="bot"]'); return b[2].innerText.length > 20; }"""
-    )
-    page.click("#stop")
-    wait_idle(page, timeout=10)
-    stopped = bots(page)[2]
-    time.sleep(1.0)
-    assert bots(page)[2] == stopped  # nothing more arrives
-    assert 0 < len(stopped) < 2000
+    for attempt in range(STOPS):
+        if attempt:
+            page.click("#delete-last")
+            page.wait_for_function("() => document.querySelectorAll('#chatbot [data-testid=\"bot\"]').length == 2")
+        page.fill("#message textarea", "讲一个很长的故事。")
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            """() => { const b = document.querySelectorAll('#chatbot [data-testid="bot"]');
+                       return b.length == 3 && b[2].innerText.length > 20; }"""
+        )
+        page.click("#stop")
+        wait_idle(page, timeout=10)
+        stopped = bots(page)[2]
+        time.sleep(0.5)
+        assert bots(page)[2] == stopped, f"stop {attempt + 1}: the answer went on growing"
+        assert 0 < len(stopped) < 2000
 
     # 4. Retry replaces the last answer (sampling now, so it differs) and keeps the turn.
     set_slider(page, "max-new-tokens", 40)

@@ -496,8 +496,11 @@ def settings_panel(labels: Labels, defaults: GenerationParams) -> SettingsPanel:
 def unqueued(app: gr.Blocks, handler: Callable[[ChatSession], Any], labels: Labels) -> Callable:
     """``handler``, then the session's requests still waiting in ``app``'s queue are cancelled too.
 
-    ``cancels=`` alone only reaches what the browser tab knows about; an API
-    client's waiting request would still run after Stop.
+    Gradio's ``cancels=`` is not used: it only reaches what the browser tab
+    knows about (an API client's waiting request would still run after Stop),
+    and when the running answer ended on its own just before the tab's cancel
+    arrived (as it does once the session's stop event is set), the tab never
+    heard the event end and showed it running for good.
     """
 
     async def run(session_state: ChatSession, request: gr.Request):
@@ -521,18 +524,19 @@ def wire_events(
     """Connect the page's events to ``controller`` under their API names (call inside ``app``'s context)."""
     inputs = settings.inputs()
     generating = {"concurrency_limit": 1, "concurrency_id": GENERATE, "show_progress": "minimal"}
-    chat_event = chat.message.submit(
+    chat.message.submit(
         reported(controller.chat, labels),
         [chat.message, session, *inputs],
         [chat.chatbot, chat.message],
         api_name="chat",
         **generating,
     )
-    retry_event = chat.retry.click(
+    chat.retry.click(
         reported(controller.retry, labels), [session, *inputs], [chat.chatbot], api_name="retry", **generating
     )
-    # Light events skip the queue, so Stop works even when the queue is full.
-    light = {"queue": False, "cancels": [chat_event, retry_event]}
+    # Light events skip the queue, so Stop works even when the queue is full. They end a running answer through
+    # the session (it stops at its next token and completes as usual), not through Gradio's cancels= (unqueued).
+    light = {"queue": False}
     chat.stop.click(unqueued(app, controller.stop, labels), [session], None, api_name="stop", **light)
     chat.delete_last.click(
         unqueued(app, controller.delete_last, labels), [session], [chat.chatbot], api_name="delete_last", **light
