@@ -110,7 +110,7 @@ class YuRenLM(HFLM):
         # Built once: every ChatML prompt renders through it (see ChatEncoder).
         self.chat_encoder = ChatEncoder(tokenizer) if self.chatml else None
         # The assistant's turn ends at <|im_end|>; the eos after it only closes training examples.
-        self.stop_ids = [self.chat_encoder.ids.im_end, tokenizer.eos_token_id] if self.chatml else None
+        self.stop_ids = [self.chat_encoder.ids.im_end, self.chat_encoder.ids.eos] if self.chatml else None
 
     def chat(self, user_text: str, answer: str | None = None) -> list[dict]:
         """The conversation asking ``user_text`` (and answering ``answer``), with the system prompt if set."""
